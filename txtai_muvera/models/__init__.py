@@ -1,0 +1,6 @@
+"""
+Models imports
+"""
+
+from .checkpoint import Checkpoint, CheckpointError, islateinteraction
+from .colbert import ColBERT

@@ -1,0 +1,142 @@
+"""
+LateVectors module: txtai vectors model that encodes text with a late-interaction checkpoint and MUVERA
+"""
+
+import numpy as np
+
+from txtai.vectors import Vectors
+
+from .batch import Encoded, Queries
+from .models import ColBERT
+from .models.checkpoint import SETTINGS
+from .muvera import Muvera
+
+
+class LateVectors(Vectors):
+    """
+    Vectors model for txtai's sparse scoring. Documents become MUVERA FDEs plus their token matrices (kept for exact MaxSim
+    re-ranking); queries become FDEs that carry their token matrices through txtai's scoring to the index backend.
+
+    Configuration (a txtai scoring config): `path` (checkpoint), `vectors` (ColBERT options), `muvera` (Muvera options).
+    """
+
+    def __init__(self, config, scoring, models):
+        super().__init__(config, scoring, models)
+
+        # Scores are MaxSim-scaled by the index backend: txtai's Sparse scoring must not rescale them
+        self.isnormalize = True
+
+        # Fixed dimensional encoder, built from the saved settings when the index is reloaded
+        self.encoder = Muvera(**self.config.get("muvera", {})) if self.config else None
+
+    def loadmodel(self, path):
+        # txtai passes the model options of every vectors model under "vectors"
+        return ColBERT(path, **self.config.get("vectors", {}))
+
+    def encode(self, data, category=None):
+        return self.encoder(self.model.encode(data, self.category(category)), self.category(category))
+
+    def batchtransform(self, documents, category=None):
+        """
+        Encodes documents (default: queries) into FDEs that carry their token matrices.
+
+        Args:
+            documents: iterable of (id, data, tags)
+            category: "query" (default) or "data"
+
+        Returns:
+            Queries array: FDE rows with a `tokens` attribute holding the token matrices
+        """
+
+        category = self.category(category)
+        texts = [self.prepare(data, category) for _, data, _ in documents]
+        tokens = self.model.encode(texts, category)
+        return Queries(self.encoder(tokens, category), tokens)
+
+    def vectors(self, documents, batchsize=500, checkpoint=None, buffer=None, dtype=None):
+        """
+        Encodes a stream of documents. txtai's Sparse scoring runs this in a background thread fed by a bounded queue, so an
+        exception here would never reach the caller and could block the producer. Errors are therefore captured, the stream is
+        drained and the error travels inside the result to the index backend, which raises it in the caller's thread.
+
+        Args:
+            documents: iterable of (id, text, tags)
+            batchsize: documents per encoding batch
+            checkpoint: unused, token matrices are not checkpointed
+            buffer: unused
+            dtype: unused
+
+        Returns:
+            (ids, dimensions, Encoded)
+        """
+
+        encoded = Encoded(self.settings(), self.config.get("tokens", "float16"))
+        ids, batch = [], []
+        try:
+            for document in documents:
+                batch.append(document)
+                if len(batch) == batchsize:
+                    ids.extend(self.batch(batch, encoded))
+                    batch = []
+
+            if batch:
+                ids.extend(self.batch(batch, encoded))
+
+        # pylint: disable=W0718
+        except Exception as error:
+            # Drain the stream so the producer never blocks on a full queue, then hand the error over
+            for _ in documents:
+                pass
+
+            encoded.error = error
+
+        dimensions = self.encoder.dimensions(self.model.dim)
+        return (ids, dimensions, encoded if ids or encoded.error else None)
+
+    # pylint: disable=W0221
+    def batch(self, documents, encoded):
+        """
+        Encodes one batch of documents into `encoded`.
+
+        Args:
+            documents: list of (id, text, tags)
+            encoded: Encoded accumulator
+
+        Returns:
+            ids of the batch
+        """
+
+        texts = [self.prepare(data, "data") for _, data, _ in documents]
+        tokens = self.model.encode(texts, "data")
+        encoded.add(self.encoder(tokens, "data"), tokens, self.model.truncated)
+        return [uid for uid, _, _ in documents]
+
+    def dot(self, queries, data):
+        return np.dot(np.asarray(queries), np.asarray(data).T).tolist()
+
+    def settings(self):
+        """
+        Resolved settings of this model, written back into the index configuration.
+
+        Returns:
+            dict with resolved "vectors" (model) and "muvera" settings and the model fingerprint
+        """
+
+        # Only settings the ColBERT constructor takes, so the saved config rebuilds the same encoder
+        vectors = {key: value for key, value in self.model.settings.items() if key in SETTINGS}
+        vectors["compatible"] = self.model.compatible
+
+        return {"vectors": vectors, "muvera": self.encoder.config, "fingerprint": self.model.fingerprint, "dim": self.model.dim}
+
+    def category(self, category):
+        """
+        Maps txtai categories to the encoder's: documents are "data", everything else is a query.
+
+        Args:
+            category: txtai category
+
+        Returns:
+            "data" or "query"
+        """
+
+        return "data" if category == "data" else "query"
