@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from txtai import Embeddings
+from txtai.app import Application
+from txtai.pipeline import Reranker as StockReranker, Similarity
 from txtai.scoring import ScoringFactory
 
 import txtai_muvera
@@ -297,7 +299,7 @@ def test_registration(checkpoint, tmp_path):
 
         # The explicit class-path form works without registration
         embeddings = Embeddings(
-            scoring={"method": "sparse", "path": checkpoint, "vectormethod": "txtai_muvera.LateVectors", "backend": "txtai_muvera.MuveraIndex", "muvera": MUVERA},
+            sparse={"path": checkpoint, "vectormethod": "txtai_muvera.LateVectors", "backend": "txtai_muvera.MuveraIndex", "muvera": MUVERA},
             content=True,
         )
         embeddings.index(corpus(10))
@@ -316,3 +318,51 @@ def test_errors_reach_caller(checkpoint):
 
     assert embeddings.count() == 10
     assert len(embeddings.search(corpus(1, seed=13)[0], 3)) == 3
+
+
+def test_application_yaml(checkpoint):
+    # The shipped YAML as it is, only the model path substituted
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "late-interaction.yml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read().replace("neuml/colbert-muvera-micro", checkpoint)
+
+    application = Application(text)
+    documents = corpus(30)
+    application.add([{"id": i, "text": text} for i, text in enumerate(documents)])
+    application.index()
+
+    queries = corpus(3, seed=14)
+    expected = reference(checkpoint, documents, queries, 3, muvera={"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42})
+    results = application.batchsearch(queries, 3)
+    for result, exp in zip(results, expected):
+        assert [int(row["id"]) for row in result] == [i for i, _ in exp]
+
+    # The re-ranker pipeline declared by class path, with a per-call candidate count
+    reranked = application.pipelines["txtai_muvera.Reranker"](queries[0], 3, candidates=5)
+    exp = reference(checkpoint, documents, queries[:1], 3, candidates=5, muvera={"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42})[0]
+    assert [int(row["id"]) for row in reranked] == [i for i, _ in exp]
+
+
+def test_stock_similarity_reranker(checkpoint):
+    # The model card's pipeline, unchanged: stock Similarity(lateencode=True) + stock Reranker over our index
+    documents, query = corpus(40), corpus(1, seed=15)[0]
+    embeddings = create(checkpoint)
+    embeddings.index(documents)
+
+    similarity = Similarity(path=checkpoint, lateencode=True, gpu=False)
+    results = StockReranker(embeddings, similarity)(query, limit=4, factor=5)
+
+    # Brute-force MaxSim with txtai's own encoder over the candidates our index returned, plain loops
+    candidates = embeddings.search(query, 20)
+    pooling = similarity.lateencoder.model
+    qtokens = pooling.encode([query], category="query")[0]
+    dtokens = pooling.encode([row["text"] for row in candidates], category="data")
+    qtokens = qtokens[np.abs(qtokens).sum(axis=1) > 0]
+    scores = []
+    for row, tokens in zip(candidates, dtokens):
+        tokens = tokens[np.abs(tokens).sum(axis=1) > 0]
+        scores.append((row["id"], float(np.mean([max(float(np.dot(t, u)) for u in tokens) for t in qtokens]))))
+
+    expected = sorted(scores, key=lambda x: -x[1])[:4]
+    assert [row["id"] for row in results] == [uid for uid, _ in expected]
+    assert np.allclose([row["score"] for row in results], [s for _, s in expected], atol=1e-5)
