@@ -43,6 +43,9 @@ class Encoded:
         self.fdes = []
         self.store = TokenStore(settings["dim"], dtype)
         self.truncated = 0
+
+        # Documents taken from txtai's stream (encoded or not) and the error that stopped encoding, if any
+        self.streamed = 0
         self.error = None
 
     def add(self, fdes, tokens, truncated=0):

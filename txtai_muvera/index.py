@@ -46,6 +46,7 @@ class MuveraIndex(ANN):
         self.options = Options()
 
     def index(self, embeddings):
+        self.config["offset"] = 0
         self.check(embeddings)
         self.configure(embeddings)
 
@@ -57,7 +58,7 @@ class MuveraIndex(ANN):
         self.store = embeddings.store
 
         self.config["ann"] = self.fdes.config
-        self.config["offset"] = len(embeddings)
+        self.config["offset"] = embeddings.streamed
         self.metadata(self.config["ann"])
 
     def append(self, embeddings):
@@ -79,7 +80,7 @@ class MuveraIndex(ANN):
             raise
 
         self.fdes.add(ids, vectors)
-        self.config["offset"] = offset + len(embeddings)
+        self.config["offset"] = offset + embeddings.streamed
         self.metadata()
 
     def delete(self, ids):
@@ -180,13 +181,16 @@ class MuveraIndex(ANN):
 
     def check(self, embeddings):
         """
-        Raises an error captured while encoding in txtai's background thread, in the caller's thread.
+        Raises an error captured while encoding in txtai's background thread, in the caller's thread, leaving the index as it
+        was. txtai has already assigned index ids to every document of the failed pass, so those ids are skipped here too:
+        later documents keep the ids txtai gives them.
 
         Args:
             embeddings: Encoded from LateVectors
         """
 
-        if getattr(embeddings, "error", None) is not None:
+        if embeddings.error is not None:
+            self.config["offset"] = self.config.get("offset", 0) + embeddings.streamed
             raise embeddings.error
 
     def configure(self, embeddings):

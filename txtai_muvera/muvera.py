@@ -37,7 +37,7 @@ class Muvera:
     LIMITS = {"repetitions": (1, 4096), "hashes": (0, 16), "projection": (1, 65536), "final": (1, 2**31 - 1), "seed": (0, 2**63 - 1)}
 
     # Tokens encoded together: bounds the working memory and keeps it cache friendly
-    TOKENS = 8192
+    TOKENS = 4096
 
     # Upper bound on (empty partition, token) pairs scored at once when filling
     CHUNK = 1 << 22
@@ -76,6 +76,9 @@ class Muvera:
 
         # Random matrices cached per token dim
         self.cache = {}
+
+        # Set bits of each partition code, for Hamming distances
+        self.bitcounts = torch.tensor([bin(code).count("1") for code in range(self.partitions)], dtype=torch.int64, device=self.device)
 
     def __call__(self, data, category):
         """
@@ -189,13 +192,15 @@ class Muvera:
             dim: token dims
 
         Returns:
-            (points, products) buffers
+            (points, projected, simhash) buffers
         """
 
+        reducer, simhash = self.matrices(dim)[:2]
         points = np.empty((tokens, dim), dtype=np.float32)
-        products = torch.empty((tokens, self.matrices(dim)[0].shape[1]), dtype=torch.float32, device=self.device)
+        projected = torch.empty((tokens, reducer.shape[1] if reducer is not None else 0), dtype=torch.float32, device=self.device)
+        simhash = torch.empty((tokens, simhash.shape[1]), dtype=torch.float32, device=self.device)
 
-        return points, products
+        return points, projected, simhash
 
     def encode(self, points, lengths, dim, category, output, workspace):
         """
@@ -210,20 +215,21 @@ class Muvera:
             workspace: buffers from workspace()
         """
 
-        matrix, weights, offsets, lookup = self.matrices(dim)
+        reducer, simhash, weights, offsets, lookup = self.matrices(dim)
         repetitions, partitions = self.repetitions, self.partitions
         width = self.projection or dim
         documents, total = lengths.shape[0], points.shape[0]
 
-        # One product gives the AMS sketches of all repetitions, then their SimHash sketches
-        columns = repetitions * self.projection if self.projection else 0
-        products = self.matmul(points, matrix, workspace[1][:total]) if matrix.shape[1] else None
-        projected = products[:, :columns].unflatten(1, (repetitions, width)) if columns else points[:, None, :].expand(-1, repetitions, -1)
+        # AMS sketches of all repetitions in one product, then SimHash sketches in another
+        projected = None
+        if reducer is not None:
+            projected = self.matmul(points, reducer, workspace[1][:total]).view(total, repetitions, width)
 
         # SimHash bits packed per (token, repetition) as repetition * partitions + code, first projection = most significant bit.
         # Packing is a matmul with a block diagonal matrix of bit weights, exact in float32 since values < 2^31.
         if self.hashes:
-            codes = torch.addmm(offsets, products[:, columns:].gt_(0), weights).to(torch.int64)
+            bits = self.matmul(points, simhash, workspace[2][:total]).gt_(0)
+            codes = torch.addmm(offsets, bits, weights).to(torch.int64)
         else:
             codes = offsets.to(torch.int64).expand(total, -1)
 
@@ -235,8 +241,15 @@ class Muvera:
         # Zeroed here rather than up front: the group's block is then still in cache for the scatter
         vectors = torch.zeros((documents, repetitions * partitions * width), device=self.device) if self.final else output.zero_()
         blocks = vectors.view(documents * repetitions * partitions, width)
-        if total:
-            blocks.index_put_((rows,), projected, accumulate=True)
+        # index_add_ sums each row in token order, so a document's vector never depends on its neighbours
+        if total and projected is not None:
+            blocks.index_add_(0, rows.view(-1), projected.view(-1, width))
+        elif total:
+            for repetition in range(repetitions):
+                blocks.index_add_(0, rows[:, repetition].contiguous(), points)
+
+        # Identity projection: the tokens themselves, for filling
+        projected = points[:, None, :].expand(-1, repetitions, -1) if projected is None else projected
 
         # Averages and empty partition filling for documents
         if category == "data":
@@ -244,7 +257,7 @@ class Muvera:
             blocks /= counts.clamp(min=1).to(torch.float32)[:, None]
 
             if self.fill:
-                self.fillempty(blocks, counts, codes & (partitions - 1), projected, lengths, width)
+                self.fillempty(blocks, counts, codes, projected, lengths, width)
 
         # Optional count-sketch to final dims
         if self.final:
@@ -258,7 +271,7 @@ class Muvera:
         Args:
             vectors: (documents * repetitions * partitions, width) partition averages
             counts: tokens per partition
-            codes: packed SimHash bits per (token, repetition)
+            codes: packed SimHash bits per (token, repetition), plus repetition * partitions
             projected: (tokens, repetitions, width) projected tokens
             lengths: tokens per document
             width: block width
@@ -299,7 +312,8 @@ class Muvera:
             token = starts[document[start:end]][pair] + local
 
             # Hamming distance, then lowest (distance, position) per partition
-            distance = self.popcount(codes[token, repetition[start:end][pair]] ^ target[start:end][pair])
+            code = codes[token, repetition[start:end][pair]] & (partitions - 1)
+            distance = self.bitcounts[code ^ target[start:end][pair]]
             key = distance * longest + local
             best = torch.full((end - start,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
             best.scatter_reduce_(0, pair, key, reduce="amin")
@@ -309,23 +323,6 @@ class Muvera:
             vectors[empty[start:end]] = projected[chosen, repetition[start:end]].reshape(-1, width)
 
             start = end
-
-    def popcount(self, values):
-        """
-        Counts set bits of integers below 2^16.
-
-        Args:
-            values: int64 tensor
-
-        Returns:
-            bit counts
-        """
-
-        count = torch.zeros_like(values)
-        for bit in range(self.hashes):
-            count += (values >> bit) & 1
-
-        return count
 
     def sketch(self, vectors, dim, output):
         """
@@ -337,7 +334,7 @@ class Muvera:
             output: (documents, final) tensor written in place
         """
 
-        indices, signs = self.cache[dim][4]
+        indices, signs = self.cache[dim][5]
         output.index_add_(1, indices, vectors * signs)
 
     def matrices(self, dim):
@@ -348,8 +345,9 @@ class Muvera:
             dim: token dims
 
         Returns:
-            (matrix, weights, offsets, lookup): matrix is [AMS sketches | SimHash gaussians] of all repetitions, weights and offsets
-            pack SimHash bits into repetition * partitions + code, lookup maps that to repetition * partitions + partition
+            (reducer, simhash, weights, offsets, lookup): AMS sketch matrices of all repetitions side by side (None for the identity),
+            SimHash gaussians side by side, weights and offsets pack SimHash bits into repetition * partitions + code, lookup maps
+            that to repetition * partitions + partition
         """
 
         if dim not in self.cache:
@@ -391,10 +389,11 @@ class Muvera:
                 signs = rng.choice([-1.0, 1.0], size=size)
                 final = (torch.from_numpy(indices).to(self.device), torch.from_numpy(signs.astype(np.float32)).to(self.device))
 
-            matrix = np.concatenate(reducer + simhash, axis=1) if reducer or hashes else np.zeros((dim, 0), dtype=np.float32)
-            self.cache[dim] = tuple(torch.from_numpy(x).to(self.device) for x in (matrix, weights, offsets, lookup)) + (final,)
+            reducer = torch.from_numpy(np.concatenate(reducer, axis=1)).to(self.device) if projection else None
+            simhash = np.concatenate(simhash, axis=1)
+            self.cache[dim] = (reducer,) + tuple(torch.from_numpy(x).to(self.device) for x in (simhash, weights, offsets, lookup)) + (final,)
 
-        return self.cache[dim][:4]
+        return self.cache[dim][:5]
 
     def matmul(self, points, matrix, out):
         """

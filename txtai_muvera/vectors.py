@@ -74,6 +74,7 @@ class LateVectors(Vectors):
         ids, batch = [], []
         try:
             for document in documents:
+                encoded.streamed += 1
                 batch.append(document)
                 if len(batch) == batchsize:
                     ids.extend(self.batch(batch, encoded))
@@ -84,9 +85,10 @@ class LateVectors(Vectors):
 
         # pylint: disable=W0718
         except Exception as error:
-            # Drain the stream so the producer never blocks on a full queue, then hand the error over
+            # Drain the stream so the producer never blocks on a full queue, then hand the error over. txtai has counted
+            # every streamed document into its index ids, so the backend must skip the same number of ids.
             for _ in documents:
-                pass
+                encoded.streamed += 1
 
             encoded.error = error
 
