@@ -3,7 +3,7 @@ Muvera benchmark: FDE throughput of txtai_muvera.Muvera against txtai's built-in
 
 Prints one JSON line per measurement (documents per second) and the ratios measured in the same run.
 
-    python benchmarks/muvera.py [--documents 20000] [--batch 1000] [--dim 128]
+    python benchmarks/muvera.py [--documents 20000] [--batch 1000] [--dim 128] [--threads N]
 """
 
 import argparse
@@ -11,6 +11,7 @@ import json
 import time
 
 import numpy as np
+import torch
 
 from txtai.models.pooling.muvera import Muvera as TxtaiMuvera
 
@@ -74,7 +75,11 @@ def main():
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--category", default="data", choices=["data", "query"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, torch's default when unset")
     args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = documents(args.documents, args.dim, 42)
     settings = {"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42}
@@ -87,7 +92,8 @@ def main():
     ]:
         rate, elapsed = throughput(encoder, data, args.batch, args.category)
         results[name] = rate
-        row = {"encoder": name, "category": args.category, "documents": len(data), "batch": args.batch, **settings}
+        row = {"encoder": name, "category": args.category, "documents": len(data), "batch": args.batch, "threads": torch.get_num_threads()}
+        row.update(settings)
         print(json.dumps({**row, "fill": name.endswith("fill"), "seconds": round(elapsed, 3), "docs_per_s": round(rate, 1)}))
 
     print(

@@ -104,14 +104,20 @@ class MuveraIndex(ANN):
             list of (index id, score) per query, best first
         """
 
+        # Checked here, before faiss or torch see it, so the error names the value
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+
         # Per-call arguments, then per-thread options, then index settings
         options = {**self.options.values, **{k: v for k, v in {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe, "rerank": rerank}.items() if v is not None}}
         candidates, efsearch, nprobe = options.get("candidates", self.config.get("candidates", CANDIDATES)), options.get("efsearch"), options.get("nprobe")
 
         tokens = getattr(queries, "tokens", None)
         rerank = options.get("rerank", self.config.get("rerank", True)) and tokens is not None
-        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
+        if not isinstance(candidates, (int, np.integer)) or isinstance(candidates, bool) or candidates < 1:
             raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        if not limit:
+            return [[] for _ in range(len(queries))]
 
         scores, ids = self.fdes.search(np.asarray(queries, dtype=np.float32), max(candidates, limit) if rerank else limit, efsearch, nprobe)
 

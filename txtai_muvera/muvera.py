@@ -78,7 +78,10 @@ class Muvera:
         self.cache = {}
 
         # Set bits of each partition code, for Hamming distances
-        self.bitcounts = torch.tensor([bin(code).count("1") for code in range(self.partitions)], dtype=torch.int64, device=self.device)
+        codes, bitcounts = np.arange(self.partitions), np.zeros(self.partitions, dtype=np.int64)
+        for bit in range(self.hashes):
+            bitcounts += (codes >> bit) & 1
+        self.bitcounts = torch.from_numpy(bitcounts).to(self.device)
 
     def __call__(self, data, category):
         """
@@ -111,7 +114,7 @@ class Muvera:
         with torch.inference_mode():
             for start, end in groups:
                 tokens = int(lengths[start:end].sum())
-                points = np.concatenate(matrices[start:end], out=workspace[0][:tokens]) if end - start > 1 else matrices[start]
+                points = np.concatenate(matrices[start:end], out=workspace[0][:tokens]) if end - start > 1 else np.ascontiguousarray(matrices[start])
                 points = torch.from_numpy(points).to(self.device)
 
                 # NaN and infinity propagate through min and max
@@ -176,9 +179,11 @@ class Muvera:
             list of (start, end) document ranges
         """
 
-        # Document x belongs to group floor(tokens before x / TOKENS); a longer document forms its own group
+        # Document x belongs to group floor(tokens before x / size); a longer document forms its own group. Accelerators take
+        # larger groups.
+        size = self.TOKENS if self.device.type == "cpu" else 16 * self.TOKENS
         starts = np.cumsum(lengths) - lengths
-        bounds = np.flatnonzero(np.diff(starts // self.TOKENS)) + 1
+        bounds = np.flatnonzero(np.diff(starts // size)) + 1
         bounds = np.concatenate(([0], bounds, [len(lengths)]))
 
         return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
@@ -287,7 +292,7 @@ class Muvera:
             return
 
         # Candidate tokens are the tokens of each empty partition's document
-        starts = torch.cumsum(lengths, 0) - lengths
+        first = (torch.cumsum(lengths, 0) - lengths)[document]
         sizes = lengths[document]
         repetition = torch.div(empty, partitions, rounding_mode="floor") % repetitions
         target = empty % partitions
@@ -307,20 +312,16 @@ class Muvera:
             # Flatten (empty partition, candidate token) pairs
             size = sizes[start:end]
             pair = torch.repeat_interleave(torch.arange(end - start, device=self.device), size)
-            offsets = torch.cumsum(size, 0) - size
-            local = torch.arange(pair.shape[0], device=self.device) - offsets[pair]
-            token = starts[document[start:end]][pair] + local
+            local = torch.arange(pair.shape[0], device=self.device) - (torch.cumsum(size, 0) - size)[pair]
 
-            # Hamming distance, then lowest (distance, position) per partition
-            code = codes[token, repetition[start:end][pair]] & (partitions - 1)
-            distance = self.bitcounts[code ^ target[start:end][pair]]
-            key = distance * longest + local
+            # Hamming distance between token and partition bits, then lowest (distance, position) per partition
+            code = codes.reshape(-1)[(first[start:end] * repetitions + repetition[start:end])[pair] + local * repetitions] & (partitions - 1)
+            key = self.bitcounts[code ^ target[start:end][pair]] * longest + local
             best = torch.full((end - start,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
             best.scatter_reduce_(0, pair, key, reduce="amin")
 
             # Copy the chosen projected tokens
-            chosen = starts[document[start:end]] + best % longest
-            vectors[empty[start:end]] = projected[chosen, repetition[start:end]].reshape(-1, width)
+            vectors[empty[start:end]] = projected[first[start:end] + best % longest, repetition[start:end]].reshape(-1, width)
 
             start = end
 

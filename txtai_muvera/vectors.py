@@ -4,11 +4,13 @@ LateVectors module: txtai vectors model that encodes text with a late-interactio
 
 import numpy as np
 
+from safetensors import SafetensorError
 from txtai.vectors import Vectors
 
 from .batch import Encoded, Queries
 from .models import ColBERT
 from .models.checkpoint import SETTINGS
+from .models.hub import CheckpointError
 from .muvera import Muvera
 
 
@@ -31,7 +33,25 @@ class LateVectors(Vectors):
 
     def loadmodel(self, path):
         # txtai passes the model options of every vectors model under "vectors"
-        return ColBERT(path, **self.config.get("vectors", {}))
+        try:
+            model = ColBERT(path, **self.config.get("vectors", {}))
+        except CheckpointError:
+            raise
+        except (RuntimeError, OSError, SafetensorError) as error:
+            # Weights that do not match their config fail deep inside transformers or safetensors: name the checkpoint
+            raise ValueError(f"Cannot load checkpoint at {path}: {type(error).__name__}: {str(error)[:500]}") from error
+
+        checkheads(model, path)
+
+        # A saved index must be searched with the model that built it: the checkpoint at path may have changed since
+        fingerprint = self.config.get("fingerprint") if self.config else None
+        if fingerprint and fingerprint != model.fingerprint:
+            raise ValueError(
+                f"Checkpoint at {path} has fingerprint {model.fingerprint!r} but this index was built with {fingerprint!r}: "
+                "load the index with the checkpoint that built it, or rebuild the index"
+            )
+
+        return model
 
     def encode(self, data, category=None):
         return self.encoder(self.model.encode(data, self.category(category)), self.category(category))
@@ -109,6 +129,10 @@ class LateVectors(Vectors):
         """
 
         texts = [self.prepare(data, "data") for _, data, _ in documents]
+        for (uid, _, _), text in zip(documents, texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Document {uid!r} has {type(text).__name__} text {shorten(text)}, expected str (None documents are dropped by txtai)")
+
         tokens = self.model.encode(texts, "data")
         encoded.add(self.encoder(tokens, "data"), tokens, self.model.truncated)
         return [uid for uid, _, _ in documents]
@@ -142,3 +166,39 @@ class LateVectors(Vectors):
         """
 
         return "data" if category == "data" else "query"
+
+
+def checkheads(model, path):
+    """
+    Checks that the projection heads of a loaded checkpoint chain from the backbone's hidden size, so that a checkpoint with
+    mismatched dimensions fails at load with a message naming them instead of deep inside torch at the first encoding.
+
+    Args:
+        model: ColBERT
+        path: checkpoint path, for the message
+    """
+
+    size = int(model.model.config.hidden_size)
+    for x, (weight, _, residual, _) in enumerate(model.heads):
+        if weight.ndim != 2 or weight.shape[1] != size or (residual is not None and tuple(residual.shape) != tuple(weight.shape)):
+            raise ValueError(
+                f"Checkpoint at {path} has projection head {x} with weight shape {tuple(weight.shape)}, "
+                f"expected (dim, {size}) to follow a layer of size {size}"
+            )
+        size = int(weight.shape[0])
+
+
+def shorten(value, length=40):
+    """
+    Short printable form of a value for error messages.
+
+    Args:
+        value: any value
+        length: maximum characters
+
+    Returns:
+        str
+    """
+
+    text = repr(value)
+    return text if len(text) <= length else f"{text[:length]}..."

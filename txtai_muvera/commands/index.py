@@ -67,6 +67,7 @@ def run(args):
     from txtai import Embeddings
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
+    from ..models import Checkpoint
 
     documents = Documents(args.input, args.format)
     output = prepare(args.output, args.overwrite)
@@ -74,6 +75,9 @@ def run(args):
     # Validate every row before the model is loaded, so a bad row fails in seconds and names its line
     start = time.perf_counter()
     total = documents.check()
+
+    # Locate the checkpoint before the progress bar starts: a wrong path or an offline hub id fails here
+    Checkpoint(args.model)
 
     embeddings = Embeddings(sparse=config(args), content=True)
     with tqdm(documents, total=total, unit="doc", desc="Indexing", disable=args.quiet) as progress:

@@ -60,7 +60,8 @@ def run(args):
     finally:
         embeddings.close()
 
-    results = [(uid, text, rows) for (uid, text), rows in zip(queries, results)]
+    # Indexes without content return (id, score) tuples
+    results = [(uid, text, [row if isinstance(row, dict) else {"id": row[0], "score": row[1]} for row in rows]) for (uid, text), rows in zip(queries, results)]
     for uid, text, rows in results:
         print(json.dumps({"id": uid, "query": text, "results": rows}, default=str) if args.json else table(text, rows))
 

@@ -1,0 +1,209 @@
+"""
+Durable module: crash-safe save and load of whole txtai Embeddings indexes
+"""
+
+import os
+import shutil
+import uuid
+
+from txtai import Embeddings
+
+# Archive suffixes txtai's Embeddings.save writes as one compressed file
+ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
+
+
+def save(embeddings, path):
+    """
+    Saves an Embeddings index so that a crash at any point leaves either the previous save or the new one loadable at path.
+
+    txtai's own `Embeddings.save` writes config.json and the document database in place: a process killed mid-save can leave
+    a new config.json next to an old database, or a half-written one. This helper runs `Embeddings.save` into a new sibling
+    directory (or archive file), flushes it to disk, then swaps it in with renames. A directory is swapped in two renames (old
+    aside, new in); a crash between them leaves the previous save in a `.<name>.old-<id>` sibling, which `load` and `recover`
+    move back. The document database of the instance is then re-opened at path, so later saves and upserts never write to
+    the files of a replaced save.
+
+    Saving to one path from two processes at once is not supported (nor is it with txtai's own save).
+
+    Args:
+        embeddings: txtai Embeddings instance (any index, not only txtai-muvera ones)
+        path: output directory, or archive file ending with .tar.gz, .tar.bz2, .tar.xz or .zip
+    """
+
+    path = os.path.abspath(str(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+
+    # Leftovers of earlier interrupted saves first: the previous save must be in place before it is replaced
+    recover(path)
+
+    archive = next((suffix for suffix in ARCHIVES if name.endswith(suffix)), None)
+    temp = os.path.join(parent, f".{name}.saving-{uuid.uuid4().hex}{archive or ''}")
+    try:
+        embeddings.save(temp)
+        sync(temp)
+
+        if archive:
+            # One file: a rename replaces it atomically
+            os.replace(temp, path)
+        else:
+            swap(temp, path)
+        syncdir(parent)
+    except BaseException:
+        remove(temp)
+        raise
+
+    if not archive:
+        repoint(embeddings, path)
+
+
+def load(path, embeddings=None, **kwargs):
+    """
+    Loads an index saved with `save` (or with txtai's own save), recovering first from a save interrupted between its renames.
+
+    Args:
+        path: index directory or archive file
+        embeddings: Embeddings instance to load into, a new one by default
+        kwargs: further arguments for Embeddings.load
+
+    Returns:
+        Embeddings
+    """
+
+    path = os.path.abspath(str(path))
+    recover(path)
+
+    embeddings = embeddings if embeddings is not None else Embeddings()
+    embeddings.load(path, **kwargs)
+    return embeddings
+
+
+def recover(path):
+    """
+    Repairs what an interrupted `save` can leave next to path: moves the previous save back into place when the process died
+    between the two renames, and removes unfinished temporary saves and replaced saves.
+
+    Args:
+        path: index directory or archive file
+
+    Returns:
+        True if a previous save was moved back into place
+    """
+
+    path = os.path.abspath(str(path))
+    parent, name = os.path.split(path)
+    if not os.path.isdir(parent):
+        return False
+
+    olds = sorted(os.path.join(parent, x) for x in os.listdir(parent) if x.startswith(f".{name}.old-"))
+    temps = [os.path.join(parent, x) for x in os.listdir(parent) if x.startswith(f".{name}.saving-")]
+
+    restored = False
+    if not os.path.exists(path) and olds:
+        # At most one backup exists at a time: save recovers before it renames anything
+        os.rename(olds.pop(), path)
+        syncdir(parent)
+        restored = True
+
+    for leftover in olds + temps:
+        remove(leftover)
+
+    return restored
+
+
+def swap(temp, path):
+    """
+    Moves a complete save at temp into place at path, keeping the previous save aside until the new one is in place.
+
+    Args:
+        temp: complete new save directory
+        path: destination directory
+    """
+
+    if os.path.exists(path):
+        parent, name = os.path.split(path)
+        old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+        os.rename(path, old)
+        os.rename(temp, path)
+
+        # Files of the old save may be open or memory-mapped: unlinked files stay readable to whoever holds them
+        remove(old)
+    else:
+        os.rename(temp, path)
+
+
+def repoint(embeddings, path):
+    """
+    Re-opens the document database of an instance at its new home. txtai keeps an embedded database (SQLite, DuckDB) open at
+    the file it was loaded from or first saved to: after the swap that file is in a removed directory.
+
+    Args:
+        embeddings: Embeddings instance just saved to path
+        path: save directory
+    """
+
+    if embeddings.indexes:
+        # Subindexes hold databases of their own: re-open everything
+        embeddings.load(path)
+        return
+
+    database = embeddings.database
+    if database is not None and isinstance(getattr(database, "path", None), str):
+        database.close()
+        database.load(os.path.join(path, "documents"))
+
+
+def sync(path):
+    """
+    Flushes a file, or every file under a directory, to disk.
+
+    Args:
+        path: file or directory
+    """
+
+    files = [path] if os.path.isfile(path) else [os.path.join(root, x) for root, _, names in os.walk(path) for x in names]
+    for file in files:
+        descriptor = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    if os.path.isdir(path):
+        for root, _, _ in os.walk(path):
+            syncdir(root)
+
+
+def syncdir(path):
+    """
+    Flushes a directory entry list (renames, new files) to disk, where the platform allows it.
+
+    Args:
+        path: directory
+    """
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def remove(path):
+    """
+    Removes a file or directory if it exists.
+
+    Args:
+        path: file or directory
+    """
+
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
