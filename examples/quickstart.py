@@ -85,7 +85,7 @@ def run():
     show("SQL: similar('how do plants make food') and topic = 'biology'", results)
 
     # 3. The same from the shell
-    print(f"\nFrom the shell:\n  txtai-muvera search {output} \"what makes thunder\" --limit 3\n  txtai-muvera info {output}")
+    print(f'\nFrom the shell:\n  txtai-muvera search {output} "what makes thunder" --limit 3\n  txtai-muvera info {output}')
 
 
 if __name__ == "__main__":

@@ -115,9 +115,7 @@ def usermessage(error):
     """
 
     while error is not None:
-        if isinstance(error, (UsageError, OSError, ValueError)) or (
-            isinstance(error, ImportError) and "Unable to resolve" not in str(error)
-        ):
+        if isinstance(error, (UsageError, OSError, ValueError)) or (isinstance(error, ImportError) and "Unable to resolve" not in str(error)):
             message = " ".join(str(error).split())
             if isinstance(error, FileNotFoundError) and error.filename and error.filename not in message:
                 message = f"{message}: {error.filename}"

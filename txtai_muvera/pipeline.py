@@ -2,6 +2,8 @@
 Reranker module: exact MaxSim re-ranking pipeline over stored token matrices, with per-call knobs
 """
 
+from contextlib import nullcontext
+
 from txtai.pipeline import Pipeline
 
 from .index import MuveraIndex
@@ -48,13 +50,15 @@ class Reranker(Pipeline):
             txtai search results, one list per query (a single list for a single query)
         """
 
-        embeddings = self.embeddings if self.embeddings is not None else self.application.embeddings if self.application else None
-        index = backend(embeddings)
-
         options = {**self.defaults, **{k: v for k, v in {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe}.items() if v}}
         queries = [query] if isinstance(query, str) else list(query)
-        with index.options(rerank=rerank, **options):
-            results = embeddings.batchsearch(queries, limit, **kwargs)
+
+        # An application serialises searches with its writes (txtai's database is not thread-safe for writes)
+        with self.application.lock if self.application else nullcontext():
+            embeddings = self.embeddings if self.embeddings is not None else self.application.embeddings if self.application else None
+            index = backend(embeddings)
+            with index.options(rerank=rerank, **options):
+                results = embeddings.batchsearch(queries, limit, **kwargs)
 
         return results[0] if isinstance(query, str) else results
 

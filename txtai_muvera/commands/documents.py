@@ -83,6 +83,10 @@ class Documents:
             yield from self.readjsonl()
 
     def readjsonl(self):
+        """
+        Yields (location, document) pairs from a JSONL file.
+        """
+
         with open(self.path, "rb") as f:
             position = 0
             for line, row in enumerate(lines(f, self.path), start=1):
@@ -102,6 +106,10 @@ class Documents:
                 position += 1
 
     def readcsv(self):
+        """
+        Yields (location, document) pairs from a CSV (or, for .tsv, tab separated) file with a header row.
+        """
+
         delimiter = "\t" if self.path.lower().endswith(".tsv") else ","
         with open(self.path, "rb") as f:
             reader = csv.DictReader(lines(f, self.path), delimiter=delimiter)
@@ -121,6 +129,10 @@ class Documents:
                 yield location, document(row, position, location)
 
     def readfolder(self):
+        """
+        Yields (file, document) pairs, one per .txt or .md file under the folder.
+        """
+
         files = []
         for root, dirs, names in os.walk(self.path):
             dirs.sort()

@@ -61,7 +61,10 @@ def run(args):
         embeddings.close()
 
     # Indexes without content return (id, score) tuples
-    results = [(uid, text, [row if isinstance(row, dict) else {"id": row[0], "score": row[1]} for row in rows]) for (uid, text), rows in zip(queries, results)]
+    results = [
+        (uid, text, [row if isinstance(row, dict) else {"id": row[0], "score": row[1]} for row in rows])
+        for (uid, text), rows in zip(queries, results)
+    ]
     for uid, text, rows in results:
         print(json.dumps({"id": uid, "query": text, "results": rows}, default=str) if args.json else table(text, rows))
 

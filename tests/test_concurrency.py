@@ -1,0 +1,135 @@
+"""
+Concurrency: many threads searching one loaded index get the same results as one thread
+"""
+
+import threading
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from txtai import Embeddings
+
+from txtai_muvera import FDEIndex, Reranker, TokenStore, maxsim_flat
+
+from checkpoints import build_pylate_checkpoint
+
+WORDS = "retrieval model query document token vector score search index music history science food travel weather sports".split()
+
+MUVERA = {"repetitions": 4, "hashes": 3, "projection": 8, "seed": 7}
+
+THREADS = 8
+
+
+def corpus(size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) for _ in range(size)]
+
+
+def parallel(function, tasks):
+    """
+    Runs function over tasks on THREADS threads started together, several rounds each.
+    """
+
+    barrier = threading.Barrier(THREADS)
+
+    def run(task):
+        barrier.wait()
+        return [function(task) for _ in range(3)]
+
+    with ThreadPoolExecutor(THREADS) as executor:
+        return list(executor.map(run, tasks))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_lower_layers(kind):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((500, 32)).astype(np.float32)
+    index = FDEIndex(32, kind)
+    index.index(np.arange(500), vectors)
+    index.delete([3, 4, 5])
+
+    store = TokenStore(8)
+    matrices = [rng.standard_normal((rng.integers(1, 6), 8)).astype(np.float32) for _ in range(500)]
+    store.add(np.arange(500), matrices)
+    queries = rng.standard_normal((THREADS, 32)).astype(np.float32)
+    qtokens = [rng.standard_normal((4, 8)).astype(np.float32) for _ in range(THREADS)]
+
+    def search(x):
+        scores, ids = index.search(queries[x : x + 1], 20, efsearch=64)
+        exact = maxsim_flat(qtokens[x], *store.gather(ids[0][ids[0] >= 0]))
+        return ids.tolist(), scores.tolist(), exact.tolist()
+
+    expected = [search(x) for x in range(THREADS)]
+    for x, rounds in enumerate(parallel(search, range(THREADS))):
+        assert all(result == expected[x] for result in rounds)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    checkpoint = build_pylate_checkpoint(tmp_path_factory.mktemp("colbert"), hidden=32, dim=16, document_length=32)
+    embeddings = Embeddings(sparse={"path": checkpoint, "muvera": dict(MUVERA)}, content=True)
+    embeddings.index(corpus(300))
+    path = str(tmp_path_factory.mktemp("index") / "index")
+    embeddings.save(path)
+
+    # Memory-mapped token store, as a server loads it
+    loaded = Embeddings()
+    loaded.load(path)
+    return loaded
+
+
+def test_embeddings(loaded):
+    # Searches only: txtai's SQLite connection is shared (check_same_thread=False) and reads are serialised by SQLite itself
+    queries = corpus(THREADS, 1)
+    expected = [loaded.search(query, 10) for query in queries]
+    for x, rounds in enumerate(parallel(lambda x: loaded.search(queries[x], 10), range(THREADS))):
+        assert all(result == expected[x] for result in rounds)
+
+
+def test_reranker_options_per_thread(loaded):
+    # Per-call options live in thread-local storage: threads with different candidate counts do not see each other's
+    reranker = Reranker(loaded)
+    queries = corpus(THREADS, 2)
+    candidates = [1 + x for x in range(THREADS)]
+    expected = [reranker(queries[x], 5, candidates=candidates[x]) for x in range(THREADS)]
+    plain = [loaded.search(query, 5) for query in queries]
+
+    def run(x):
+        return reranker(queries[x], 5, candidates=candidates[x]), loaded.search(queries[x], 5)
+
+    for x, rounds in enumerate(parallel(run, range(THREADS))):
+        assert all(result == (expected[x], plain[x]) for result in rounds)
+
+
+def test_searches_with_writer_under_lock(loaded):
+    # Writes are not safe next to searches: with one lock around every call (what txtai's Application does), readers see
+    # either the index before or after each write, never a mix
+    lock = threading.Lock()
+    query = corpus(1, 3)[0]
+    with lock:
+        before = loaded.search(query, 5)
+
+    results, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            with lock:
+                results.append((loaded.count(), loaded.search(query, 5)))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for x in range(5):
+        with lock:
+            loaded.upsert([(f"new{x}", f"music history science {x}", None)])
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    with lock:
+        loaded.delete([f"new{x}" for x in range(5)])
+        assert loaded.search(query, 5) == before
+
+    assert results and all(count in range(300, 306) for count, _ in results)
