@@ -1,11 +1,18 @@
 """
-Stand-in quality runs: the all-MiniLM-L6-v2 stand-in checkpoint on the BEIR folders in ../shared/data/beir, through
-txtai_muvera.evaluation (indexing with Embeddings(sparse=...), the three modes, ranx metrics), MUVERA 20/5/16 with fill off and on.
+Stand-in quality runs: the all-MiniLM-L6-v2 stand-in checkpoint on the BEIR folders in ../shared/data/beir.
+
+1. Through txtai_muvera.evaluation (indexing with Embeddings(sparse=...), full MaxSim, MUVERA 20/5/16 + top-100 re-rank, MUVERA
+   only; exact FDE search; ranx metrics).
+2. Fill off against fill on, without encoding the corpus again: FDEs of every MUVERA setting are computed from the token matrices
+   stored in the index of step 1 (float16), searched exactly, and the top 100 re-ranked by exact MaxSim over the same stored tokens.
+   The fill=False row of this path is the control: it differs from step 1 only by FDEs computed from float16-stored tokens instead
+   of the encoder's float32 output.
 
 Usage:
-    python benchmarks/evaluate_standin.py [--data ../shared/data/beir] [--datasets scifact,msmarco-dl19-5k,dbpedia-5k] [--fill false,true]
+    python benchmarks/evaluate_standin.py [--data ../shared/data/beir] [--datasets scifact,msmarco-dl19-5k,dbpedia-5k]
 
-Writes benchmarks/output/standin-<fill>.jsonl and prints the tables. Built indexes are cached in benchmarks/output/cache.
+Writes benchmarks/output/standin.jsonl and benchmarks/output/standin-fill.jsonl and prints the tables. Built indexes are cached in
+benchmarks/output/cache.
 """
 
 import argparse
@@ -13,7 +20,12 @@ import importlib.util
 import os
 import sys
 
-from txtai_muvera.evaluation import evaluate
+import numpy as np
+
+from txtai_muvera import FDEIndex, Muvera
+from txtai_muvera.evaluation import BEIR, Metrics, Report, Run, evaluate
+from txtai_muvera.maxsim import maxsim_flat, topk
+from txtai_muvera.pipeline import backend
 
 # Benchmark folder and outputs
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -46,6 +58,60 @@ def standin(path):
     return build_standin(path)
 
 
+def stored(store, batch=1024):
+    """
+    Reads every stored token matrix as float32, in index id order.
+
+    Args:
+        store: TokenStore
+        batch: documents gathered at once
+
+    Returns:
+        list of (tokens, dim) arrays
+    """
+
+    matrices = []
+    for start in range(0, len(store), batch):
+        data, offsets, scale = store.gather(store.ids[start : start + batch])
+        data = np.asarray(data, dtype=np.float32) * (scale[:, None] if scale is not None else 1)
+        matrices.extend(np.split(data, offsets[1:-1]))
+
+    return matrices
+
+
+def fdemodes(embeddings, dataset, muvera, candidates=100):
+    """
+    MUVERA-only and MUVERA + re-rank runs with FDEs computed from an index's stored tokens (no re-encoding).
+
+    Args:
+        embeddings: Embeddings built by Run.index
+        dataset: BEIR dataset
+        muvera: Muvera options
+        candidates: FDE candidates re-ranked
+
+    Returns:
+        {"muvera": run, "rerank": run} with runs as {query id: [document ids]}
+    """
+
+    store, docids = backend(embeddings).store, list(dataset.corpus)
+    queries = embeddings.scoring.model.batchtransform([(None, text, None) for text in dataset.queries.values()], "query").tokens
+
+    encoder = Muvera(**muvera)
+    documents = encoder(stored(store), "data")
+    index = FDEIndex(documents.shape[1], index="flat")
+    index.index(np.arange(len(documents)), documents)
+    _, ids = index.search(encoder(queries, "query"), candidates)
+
+    runs = {"muvera": {}, "rerank": {}}
+    for uid, query, row in zip(dataset.queries, queries, ids):
+        row = row[row >= 0]
+        runs["muvera"][uid] = [docids[x] for x in row]
+        order, _ = topk(maxsim_flat(query, *store.gather(row)), len(row))
+        runs["rerank"][uid] = [docids[x] for x in row[order]]
+
+    return runs
+
+
 def main():
     """
     Runs the stand-in evaluation.
@@ -54,7 +120,6 @@ def main():
     parser = argparse.ArgumentParser(description="Stand-in quality runs on BEIR-layout folders")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "..", "shared", "data", "beir"))
     parser.add_argument("--datasets", default="scifact,msmarco-dl19-5k,dbpedia-5k")
-    parser.add_argument("--fill", default="false,true", help="fill settings to run, comma separated")
     parser.add_argument("--model", default=os.path.join(OUTPUT, "standin"))
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
@@ -62,29 +127,40 @@ def main():
 
     model = standin(args.model)
     folders = [os.path.join(args.data, name) for name in args.datasets.split(",")]
-    for fill in [x.strip().lower() == "true" for x in args.fill.split(",")]:
-        # Full MaxSim does not depend on MUVERA settings: run it once, with fill off
-        modes = ("muvera", "rerank") if fill else ("maxsim", "rerank", "muvera")
-        report = evaluate(
-            folders,
-            model,
-            modes=modes,
-            muvera={"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42, "fill": fill},
-            candidates=args.candidates,
-            tokens="float16",
-            ann={"index": "flat"},
-            vectors={"threads": args.threads, "batch": 32},
-            cache=os.path.join(OUTPUT, "cache"),
-        )
+    muvera = {"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42, "fill": False}
+    options = {
+        "muvera": muvera,
+        "candidates": args.candidates,
+        "tokens": "float16",
+        "ann": {"index": "flat"},
+        "vectors": {"threads": args.threads, "batch": 32},
+    }
+    cache = os.path.join(OUTPUT, "cache")
 
-        output = os.path.join(OUTPUT, f"standin-fill-{str(fill).lower()}.jsonl")
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(report.jsonl())
+    # 1. Through txtai, the package's search path
+    report = evaluate(folders, model, cache=cache, **options)
+    with open(os.path.join(OUTPUT, "standin.jsonl"), "w", encoding="utf-8") as f:
+        f.write(report.jsonl())
 
-        sys.stdout.write(f"\n## MUVERA 20/5/16 fill={fill}, candidates={args.candidates}, exact FDE search\n\n{report.table('rows', digits=4)}\n")
-        for row in report.rows:
-            sys.stdout.write(f"{row['dataset']} {row['mode']}: {row['seconds']:.1f} s for {row['queries']} queries, indexing {row['indexing']} s\n")
-        sys.stdout.write(f"JSON lines: {output}\n")
+    sys.stdout.write(f"\n## Through txtai: MUVERA 20/5/16 (fill off), {args.candidates} candidates, exact FDE search\n\n{report.table('rows')}\n")
+    for row in report.rows:
+        sys.stdout.write(f"{row['dataset']} {row['mode']}: {row['seconds']:.1f} s for {row['queries']} queries, indexing {row['indexing']} s\n")
+
+    # 2. Fill off and on from the stored tokens of the same indexes (loaded from the cache)
+    metrics, fills = Metrics(), Report()
+    run = Run(model, cache=cache, **options)
+    for folder in folders:
+        dataset = BEIR.load(folder)
+        embeddings = run.index(dataset)
+        for fill in (False, True):
+            for mode, ranking in fdemodes(embeddings, dataset, {**muvera, "fill": fill}, args.candidates).items():
+                fills.add(dataset.name, f"{mode} fill={fill}", metrics(dataset.qrels, ranking), queries=len(dataset.queries), fill=fill)
+        embeddings.close()
+
+    with open(os.path.join(OUTPUT, "standin-fill.jsonl"), "w", encoding="utf-8") as f:
+        f.write(fills.jsonl())
+
+    sys.stdout.write(f"\n## Fill off / on, FDEs from stored float16 tokens, exact FDE search\n\n{fills.table('rows')}\n")
 
 
 if __name__ == "__main__":

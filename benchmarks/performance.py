@@ -79,7 +79,11 @@ def disk(folder):
         dict
     """
 
-    return {os.path.relpath(os.path.join(root, name), folder): os.path.getsize(os.path.join(root, name)) for root, _, files in os.walk(folder) for name in files}
+    return {
+        os.path.relpath(os.path.join(root, name), folder): os.path.getsize(os.path.join(root, name))
+        for root, _, files in os.walk(folder)
+        for name in files
+    }
 
 
 def matmul(threads, dim=384, queries=32, tokens=18000, repeat=20):
@@ -119,7 +123,13 @@ def ours(args, documents, queries, sample):
     from txtai_muvera.pipeline import backend
 
     torch.set_num_threads(args.threads)
-    config = {"path": args.model, "muvera": {"repetitions": 20, "hashes": 5, "projection": 16}, "tokens": "float16", "candidates": 100, "ann": {"index": args.index}}
+    config = {
+        "path": args.model,
+        "muvera": {"repetitions": 20, "hashes": 5, "projection": 16},
+        "tokens": "float16",
+        "candidates": 100,
+        "ann": {"index": args.index},
+    }
     embeddings = Embeddings(sparse=config)
 
     start = time.perf_counter()
@@ -157,8 +167,13 @@ def ours(args, documents, queries, sample):
         "docs_per_s": round(len(documents) / indexing, 2),
         "latency": {"muvera": percentiles(muvera), "muvera+rerank": percentiles(rerank)},
         "stage": {**percentiles(stage), "query_tokens": float(np.mean(qtokens)), "candidate_tokens": float(np.mean(dtokens))},
-        "disk": {"fde_bytes_per_doc": round(fde / len(documents), 1), "token_bytes_per_doc": round(token / len(documents), 1), "total_bytes": sum(files.values()), "files": files},
-        "config": embeddings.config["scoring"] if "scoring" in embeddings.config else embeddings.config,
+        "disk": {
+            "fde_bytes_per_doc": round(fde / len(documents), 1),
+            "token_bytes_per_doc": round(token / len(documents), 1),
+            "total_bytes": sum(files.values()),
+            "files": files,
+        },
+        "config": json.loads(json.dumps(embeddings.config, default=str)),
     }
 
 
@@ -212,9 +227,14 @@ def stock(args, documents, queries, sample):
         "documents": len(documents),
         "indexing_s": round(indexing, 2),
         "docs_per_s": round(len(documents) / indexing, 2),
-        "latency": {"stock dense MUVERA": percentiles(dense), "stock Reranker uncached": percentiles(rerank), "stock Reranker cached (2nd pass)": percentiles(second)},
+        "latency": {
+            "stock dense MUVERA": percentiles(dense),
+            "stock Reranker uncached": percentiles(rerank),
+            "stock Reranker cached (2nd pass)": percentiles(second),
+        },
         "stage": percentiles(stage),
         "disk": {"fde_bytes_per_doc": round(vectors / len(documents), 1), "total_bytes": sum(files.values()), "files": files},
+        "config": json.loads(json.dumps(embeddings.config, default=str)),
     }
 
 
@@ -261,16 +281,22 @@ def report(results):
         f"| total saved bytes/doc (stock includes its content database) | {a['disk']['total_bytes'] / a['documents']:.1f} | {b['disk']['total_bytes'] / b['documents']:.1f} | - |",
     ]
     for name, value in {**a["latency"], **b["latency"]}.items():
-        lines.append(f"| latency {name} p50 / p95 ms | {value['p50_ms'] if name in a['latency'] else '-'}"
-                     f"{' / ' + str(value['p95_ms']) if name in a['latency'] else ''} | "
-                     f"{str(value['p50_ms']) + ' / ' + str(value['p95_ms']) if name in b['latency'] else '-'} | - |")
+        lines.append(
+            f"| latency {name} p50 / p95 ms | {value['p50_ms'] if name in a['latency'] else '-'}"
+            f"{' / ' + str(value['p95_ms']) if name in a['latency'] else ''} | "
+            f"{str(value['p50_ms']) + ' / ' + str(value['p95_ms']) if name in b['latency'] else '-'} | - |"
+        )
 
     ours, theirs = a["latency"]["muvera+rerank"]["p50_ms"], b["latency"]["stock Reranker uncached"]["p50_ms"]
     lines.append(f"| p50 ratio stock Reranker uncached / ours MUVERA+rerank | | | {theirs / ours:.1f} |")
     cached = b["latency"]["stock Reranker cached (2nd pass)"]["p50_ms"]
     lines.append(f"| p50 ratio stock Reranker cached / ours MUVERA+rerank | | | {cached / ours:.1f} |")
-    lines.append(f"| p50 ratio stock dense MUVERA / ours MUVERA only | | | {b['latency']['stock dense MUVERA']['p50_ms'] / a['latency']['muvera']['p50_ms']:.2f} |")
-    lines.append(f"| re-ranking stage alone, 100 candidates, p50 / p95 ms | {a['stage']['p50_ms']} / {a['stage']['p95_ms']} | {b['stage']['p50_ms']} / {b['stage']['p95_ms']} | {b['stage']['p50_ms'] / a['stage']['p50_ms']:.0f} |")
+    lines.append(
+        f"| p50 ratio stock dense MUVERA / ours MUVERA only | | | {b['latency']['stock dense MUVERA']['p50_ms'] / a['latency']['muvera']['p50_ms']:.2f} |"
+    )
+    lines.append(
+        f"| re-ranking stage alone, 100 candidates, p50 / p95 ms | {a['stage']['p50_ms']} / {a['stage']['p95_ms']} | {b['stage']['p50_ms']} / {b['stage']['p95_ms']} | {b['stage']['p50_ms'] / a['stage']['p50_ms']:.0f} |"
+    )
 
     # Arithmetic bound: 2 x query tokens x candidate tokens x dim flops = query tokens x candidate tokens x dim multiply-adds
     dim = 384

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from evaluate_standin import OUTPUT, standin
-from txtai_muvera import FDEIndex, Muvera
+from evaluate_standin import OUTPUT, standin, stored
+from txtai_muvera import FDEIndex, Muvera, TokenStore
 from txtai_muvera.evaluation import BEIR, Run
 from txtai_muvera.pipeline import backend
 
@@ -47,33 +47,12 @@ INDEXES = {
 }
 
 
-def tokens(store, batch=1024):
-    """
-    Reads every stored token matrix as float32, in index id order.
-
-    Args:
-        store: TokenStore
-        batch: documents gathered at once
-
-    Returns:
-        list of (tokens, dim) arrays
-    """
-
-    matrices = []
-    for start in range(0, len(store), batch):
-        data, offsets, scale = store.gather(store.ids[start : start + batch])
-        data = np.asarray(data, dtype=np.float32) * (scale[:, None] if scale is not None else 1)
-        matrices.extend(np.split(data, offsets[1:-1]))
-
-    return matrices
-
-
 def size(index):
     """
-    Bytes of an FDE index's saved files.
+    Bytes of an FDE index's or token store's saved files.
 
     Args:
-        index: FDEIndex
+        index: FDEIndex or TokenStore
 
     Returns:
         bytes
@@ -114,8 +93,22 @@ def main():
     # Exact MaxSim top 10 per query, and the query token matrices
     exact = [set(ids.tolist()) for ids, _ in run.exact(embeddings, texts, 10)]
     queries = embeddings.scoring.model.batchtransform([(None, text, None) for text in texts], "query").tokens
-    documents = tokens(backend(embeddings).store)
+    documents = stored(backend(embeddings).store)
     embeddings.close()
+
+    # Token storage per document, each dtype saved for real
+    for dtype in ("float16", "int8", "float32"):
+        store = TokenStore(documents[0].shape[1], dtype)
+        store.add(np.arange(len(documents)), documents)
+        line = {
+            "dataset": dataset.name,
+            "tokens": dtype,
+            "bytes": round(size(store) / len(documents), 1),
+            "tokens_per_doc": round(float(np.mean([len(x) for x in documents])), 1),
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+        with open(os.path.join(OUTPUT, "recall-tokens.jsonl"), "a" if dtype != "float16" else "w", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
     grid = [x.strip() for x in args.indexes.split(",")]
     results = []

@@ -5,6 +5,7 @@ Importing the package registers it with txtai, so `Embeddings(sparse=<late-inter
 with exact MaxSim re-ranking. `unregister()` undoes it.
 """
 
+from . import durable
 from .ann import FDEIndex
 from .index import MuveraIndex
 from .maxsim import maxsim, maxsim_flat, maxsim_padded, rerank, topk

@@ -2,6 +2,8 @@
 Batch module: the objects that carry encodings from the vectors model to the index backend through txtai's scoring
 """
 
+import tempfile
+
 import numpy as np
 
 from .store import TokenStore
@@ -40,8 +42,10 @@ class Encoded:
         """
 
         self.settings = settings
-        self.fdes = []
-        self.store = TokenStore(settings["dim"], dtype)
+        self.store = TokenStore(settings["dim"], dtype, spill=True)
+
+        # FDE batches are spooled to an unnamed temporary file, not kept in memory: a pass holds them once, memory-mapped
+        self.spool, self.rows, self.width = None, 0, None
         self.truncated = 0
 
         # Documents taken from txtai's stream (encoded or not) and the error that stopped encoding, if any
@@ -58,9 +62,17 @@ class Encoded:
             truncated: number of documents cut at the model's document length
         """
 
+        fdes = np.ascontiguousarray(fdes, dtype=np.float32)
+        if fdes.ndim != 2 or len(fdes) != len(tokens) or (self.width is not None and fdes.shape[1] != self.width):
+            raise ValueError(f"FDE batch has shape {fdes.shape}, expected ({len(tokens)}, {self.width or 'dims'})")
+
         start = len(self.store)
         self.store.add(np.arange(start, start + len(tokens)), tokens)
-        self.fdes.append(np.asarray(fdes, dtype=np.float32))
+
+        if self.spool is None:
+            self.spool, self.width = tempfile.TemporaryFile(), fdes.shape[1]
+        self.spool.write(fdes.tobytes())
+        self.rows += len(fdes)
         self.truncated += truncated
 
     def __len__(self):
@@ -74,4 +86,9 @@ class Encoded:
             float32 array (documents, dims)
         """
 
-        return np.concatenate(self.fdes) if self.fdes else np.zeros((0, 0), dtype=np.float32)
+        if not self.rows:
+            return np.zeros((0, self.width or 0), dtype=np.float32)
+
+        # Read-only map of the spool file: the file is unnamed, the mapping keeps it alive as long as the array lives
+        self.spool.flush()
+        return np.memmap(self.spool, dtype=np.float32, mode="r", shape=(self.rows, self.width))

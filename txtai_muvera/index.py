@@ -53,8 +53,9 @@ class MuveraIndex(ANN):
         # Build FDE index and adopt the pass's token store (its ids 0..n-1 are the index ids of a fresh index)
         # "type" in the saved settings records what "auto" chose; the constructor takes the rest
         options = {key: value for key, value in self.config.get("ann", {}).items() if key != "type"}
-        self.fdes = FDEIndex(embeddings.vectors().shape[1], **options)
-        self.fdes.index(np.arange(len(embeddings)), embeddings.vectors())
+        vectors = embeddings.vectors()
+        self.fdes = FDEIndex(vectors.shape[1], **options)
+        self.fdes.index(np.arange(len(embeddings)), vectors)
         self.store = embeddings.store
 
         self.config["ann"] = self.fdes.config

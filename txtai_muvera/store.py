@@ -3,8 +3,10 @@ TokenStore module
 """
 
 import json
+import mmap as mmapmodule
 import os
 import shutil
+import tempfile
 import uuid
 
 import numpy as np
@@ -27,13 +29,15 @@ class TokenStore:
     int8 storage keeps a float32 scale per token row: scale = max|x| / 127 (1 for zero rows), q = round(x / scale).
     """
 
-    def __init__(self, dim, dtype="float16"):
+    def __init__(self, dim, dtype="float16", spill=False):
         """
         Creates an empty store.
 
         Args:
             dim: token dimension
             dtype: storage type, one of float16, float32, int8
+            spill: keep the tail rows in an unnamed, memory-mapped temporary file instead of anonymous memory, so that a large
+                   indexing pass is bounded by disk rather than RAM (the kernel writes the pages back under memory pressure)
         """
 
         if dtype not in DTYPES:
@@ -42,6 +46,9 @@ class TokenStore:
             raise ValueError(f"dim must be a positive integer, got {dim}")
 
         self.dim, self.dtype = int(dim), dtype
+
+        # Temporary file that backs the tail when spilling
+        self.spill, self.spillfile = bool(spill), None
 
         # True when the base segment is memory-mapped from a saved store
         self.mmap = False
@@ -239,14 +246,29 @@ class TokenStore:
 
         path = os.path.abspath(path)
         ids = self.docids
-        tokens, offsets, scale = self.gather(ids)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
 
         tmp = tempdir(path, "tmp")
         try:
-            files = {"tokens.npy": tokens, "offsets.npy": offsets, "ids.npy": ids}
-            if scale is not None:
-                files["scale.npy"] = scale
-            for name, array in files.items():
+            # Tokens (and int8 scales) are copied in chunks of documents into memory-mapped .npy files: saving never holds a
+            # second copy of the store in memory
+            tokens = np.lib.format.open_memmap(os.path.join(tmp, "tokens.npy"), mode="w+", dtype=self.dtype, shape=(int(offsets[-1]), self.dim))
+            scale = np.lib.format.open_memmap(os.path.join(tmp, "scale.npy"), mode="w+", dtype=np.float32, shape=(int(offsets[-1]),)) if self.dtype == "int8" else None
+            for start in range(0, len(ids), 4096):
+                rows, _, scales = self.gather(ids[start : start + 4096])
+                tokens[offsets[start] : offsets[start] + len(rows)] = rows
+                if scale is not None:
+                    scale[offsets[start] : offsets[start] + len(rows)] = scales
+
+            for array in [tokens, scale]:
+                if array is not None:
+                    array.flush()
+            for name in ["tokens.npy", "scale.npy"] if scale is not None else ["tokens.npy"]:
+                with open(os.path.join(tmp, name), "rb+") as handle:
+                    os.fsync(handle.fileno())
+
+            for name, array in {"offsets.npy": offsets, "ids.npy": ids}.items():
                 with open(os.path.join(tmp, name), "wb") as handle:
                     np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
                     handle.flush()
@@ -271,9 +293,13 @@ class TokenStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-        # Continue from the compacted arrays: memory-map the new files when this store was memory-mapped
-        if self.mmap:
-            tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r", allow_pickle=False)
+        # Continue from the compacted arrays: memory-map the new files when this store was memory-mapped or spilled to disk,
+        # read them into memory otherwise
+        tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r" if self.mmap or self.spill else None, allow_pickle=False)
+        if self.mmap or self.spill:
+            randomaccess(tokens)
+        scale = np.array(scale) if scale is not None else None
+        self.mmap = self.mmap or self.spill
         self.reset(tokens, scale, ids, offsets)
 
     @classmethod
@@ -326,7 +352,7 @@ class TokenStore:
         """
 
         self.base, self.basescale = tokens, scale
-        self.tail = np.zeros((0, self.dim), dtype=self.dtype)
+        self.tail, self.spillfile = np.zeros((0, self.dim), dtype=self.dtype), None
         self.tailscale = np.zeros(0, np.float32) if self.dtype == "int8" else None
         self.size = 0
 
@@ -364,9 +390,16 @@ class TokenStore:
 
         if size > len(self.tail):
             capacity = max(size, 2 * len(self.tail), 1024)
-            tail = np.empty((capacity, self.dim), dtype=self.dtype)
-            tail[: self.size] = self.tail[: self.size]
-            self.tail = tail
+            if self.spill:
+                # Grow the file and map it again: rows already written stay in the file, nothing is copied
+                if self.spillfile is None or not self.size:
+                    self.spillfile = tempfile.TemporaryFile()
+                self.spillfile.truncate(capacity * self.dim * np.dtype(self.dtype).itemsize)
+                self.tail = np.memmap(self.spillfile, dtype=self.dtype, mode="r+", shape=(capacity, self.dim))
+            else:
+                tail = np.empty((capacity, self.dim), dtype=self.dtype)
+                tail[: self.size] = self.tail[: self.size]
+                self.tail = tail
             if self.dtype == "int8":
                 scale = np.empty(capacity, dtype=np.float32)
                 scale[: self.size] = self.tailscale[: self.size]
@@ -508,7 +541,24 @@ def readarray(path, shape, dtype, mmap):
     except (ValueError, OSError, EOFError) as error:
         raise ValueError(f"Corrupt or truncated token store file {path}: {error}") from error
 
+    if mmap:
+        randomaccess(array)
+
     if array.shape != shape or array.dtype != np.dtype(dtype):
         raise ValueError(f"Token store file {path} holds {array.dtype}{array.shape}, header says {dtype}{shape}")
 
     return array
+
+
+def randomaccess(array):
+    """
+    Advises the kernel that a memory-mapped array is read at random: searches gather scattered documents, and read-ahead
+    around each of them would pull most of the file into memory.
+
+    Args:
+        array: np.memmap
+    """
+
+    advise = getattr(getattr(array, "_mmap", None), "madvise", None)
+    if advise and hasattr(mmapmodule, "MADV_RANDOM"):
+        advise(mmapmodule.MADV_RANDOM)

@@ -45,7 +45,11 @@ class BEIR:
         """
 
         path = str(path)
-        files = {"corpus": os.path.join(path, "corpus.jsonl"), "queries": os.path.join(path, "queries.jsonl"), "qrels": os.path.join(path, "qrels", f"{split}.tsv")}
+        files = {
+            "corpus": os.path.join(path, "corpus.jsonl"),
+            "queries": os.path.join(path, "queries.jsonl"),
+            "qrels": os.path.join(path, "qrels", f"{split}.tsv"),
+        }
         missing = [file for file in files.values() if not os.path.isfile(file)]
         if missing:
             raise FileNotFoundError(f"{path} is not a BEIR-layout folder: missing {', '.join(missing)}")

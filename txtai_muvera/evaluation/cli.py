@@ -112,4 +112,3 @@ def run(args):
             f.write(report.jsonl())
 
     return 0
-

@@ -2,9 +2,13 @@
 Metrics module
 """
 
+import importlib.util
 import warnings
 
 import numpy as np
+
+# ranx is an optional dependency, imported on first use (it compiles its metrics with numba)
+RANX = importlib.util.find_spec("ranx") is not None
 
 # The card's metric set, in report order: our name -> ranx name
 METRICS = {
@@ -38,6 +42,9 @@ class Metrics:
             metrics: list of metric names from METRICS, defaults to all
         """
 
+        if not RANX:
+            raise ImportError('Evaluation metrics need ranx: pip install "txtai-muvera[evaluation]"')
+
         metrics = list(METRICS) if metrics is None else list(metrics)
         unknown = [x for x in metrics if x not in METRICS]
         if unknown:
@@ -58,7 +65,6 @@ class Metrics:
             dict of metric name -> float (mean) or numpy array (per query)
         """
 
-        # Import here: ranx compiles with numba on first use
         # pylint: disable=C0415
         from ranx import Qrels, Run, evaluate
 
@@ -69,7 +75,11 @@ class Metrics:
         # ranx needs at least one judgment per query and one result per run list: empty lists are left out, then
         # made comparable (missing queries score 0)
         judged = {uid: {docid: int(score) for docid, score in qrels[uid].items()} for uid in queries if qrels[uid]}
-        ranked = {uid: {docid: float(len(ranking) - x) for x, docid in enumerate(dict.fromkeys(ranking))} for uid, ranking in run.items() if uid in judged and len(ranking)}
+        ranked = {
+            uid: {docid: float(len(ranking) - x) for x, docid in enumerate(dict.fromkeys(ranking))}
+            for uid, ranking in run.items()
+            if uid in judged and len(ranking)
+        }
 
         # Placeholder judgment/result so ranx has something to hold: a query id that no result matches
         if not ranked:

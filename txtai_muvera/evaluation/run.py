@@ -193,7 +193,9 @@ class Run:
 
         store = backend(embeddings).store
         if len(store) != len(dataset.corpus) or not np.array_equal(store.ids, np.arange(len(dataset.corpus))):
-            raise ValueError(f"Index of {dataset.name} holds {len(store)} token matrices with ids that are not corpus positions 0..{len(dataset.corpus) - 1}")
+            raise ValueError(
+                f"Index of {dataset.name} holds {len(store)} token matrices with ids that are not corpus positions 0..{len(dataset.corpus) - 1}"
+            )
 
     def key(self, dataset):
         """
