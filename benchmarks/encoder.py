@@ -112,7 +112,14 @@ def run(name, path, documents, queries, batch, repeat):
         }
 
     for label, rate in rates.items():
-        result = {"model": name, "encoder": label, "batch": batch, "documents": len(documents), "queries": len(queries), "threads": torch.get_num_threads()}
+        result = {
+            "model": name,
+            "encoder": label,
+            "batch": batch,
+            "documents": len(documents),
+            "queries": len(queries),
+            "threads": torch.get_num_threads(),
+        }
         result.update({key: round(value, 1) for key, value in rate.items()})
         result["docs_ratio_vs_txtai"] = round(rate["docs_per_s"] / rates["txtai"]["docs_per_s"], 3)
         result["queries_ratio_vs_txtai"] = round(rate["queries_per_s"] / rates["txtai"]["queries_per_s"], 3)

@@ -95,7 +95,11 @@ def main():
         results[name], cpus[name] = rate, cpu
         row = {"encoder": name, "category": args.category, "documents": len(data), "batch": args.batch, "threads": torch.get_num_threads()}
         row.update(settings)
-        print(json.dumps({**row, "fill": name.endswith("fill"), "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3), "docs_per_s": round(rate, 1)}))
+        print(
+            json.dumps(
+                {**row, "fill": name.endswith("fill"), "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3), "docs_per_s": round(rate, 1)}
+            )
+        )
 
     print(
         json.dumps(

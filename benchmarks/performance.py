@@ -251,7 +251,10 @@ def child(args):
     queries = list(dataset.queries.values())
     sample = queries[: args.sample]
 
+    # Load average before and after: other processes on the machine inflate every timing
+    load = os.getloadavg()[0]
     result = (ours if args.system == "ours" else stock)(args, documents, queries, sample)
+    result["loadavg"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     result["queries"], result["sample"], result["threads"] = len(queries), len(sample), args.threads
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["matmul_madds_per_s"] = matmul(args.threads)
@@ -271,6 +274,7 @@ def report(results):
     a, b = results["ours"], results["stock"]
     lines = [
         f"documents {a['documents']}, queries {a['queries']} (stock Reranker on the first {b['sample']}), limit {LIMIT}, {LIMIT * FACTOR} candidates, {a['threads']} threads",
+        f"1-minute load average before/after: txtai_muvera {a.get('loadavg')}, stock {b.get('loadavg')}",
         "",
         "| measure | txtai_muvera | stock txtai | ratio stock/ours |",
         "|---|---|---|---|",

@@ -97,7 +97,9 @@ def main():
                 actual = ours.encode(TEXTS, "query" if query else "data", batch=3)
                 rows = all(a.shape == e.shape for a, e in zip(actual, expected))
                 diff = max(float(np.abs(a - e).max(initial=0)) for a, e in zip(actual, expected) if a.shape == e.shape)
-                print(json.dumps({"checkpoint": name, "side": "query" if query else "document", "rows_match": rows, "max_abs_diff": diff}), flush=True)
+                print(
+                    json.dumps({"checkpoint": name, "side": "query" if query else "document", "rows_match": rows, "max_abs_diff": diff}), flush=True
+                )
 
 
 if __name__ == "__main__":

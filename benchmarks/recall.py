@@ -75,7 +75,13 @@ def main():
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--indexes", default="20/5/16,20/5/16 final 2048", help="settings run with every index type (others: flat only)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", action="store_true", help="only redraw the table and plot from benchmarks/output/recall.jsonl")
     args = parser.parse_args()
+
+    if args.plot:
+        with open(os.path.join(OUTPUT, "recall.jsonl"), encoding="utf-8") as f:
+            write([json.loads(line) for line in f])
+        return
 
     # Same index settings as evaluate_standin.py, so its cached index is reused
     dataset = BEIR.load(args.data, maxqueries=args.max_queries, maxdocs=args.max_docs)
@@ -162,7 +168,7 @@ def write(results):
     with open(os.path.join(OUTPUT, "recall.jsonl"), "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(x) + "\n" for x in results))
 
-    header = ["setting", "index", "dims", "bytes/doc"] + [f"R@{n}" for n in DEPTHS] + ["search ms/query"]
+    header = ["setting", "index", "dims", "bytes/doc"] + [f"R@{n}" for n in DEPTHS] + ["search ms/query (300 queries batched, k=1000)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for x in results:
         cells = [x["setting"], x["index"], x["dims"], f"{x['bytes']:,.0f}"] + [f"{x[f'recall@{n}']:.3f}" for n in DEPTHS] + [f"{x['search_ms']:.1f}"]
@@ -179,9 +185,20 @@ def write(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # One colour per MUVERA setting, one line style and marker per index type
+    colours = {name: f"C{x}" for x, name in enumerate(SETTINGS)}
+    styles = dict(zip(INDEXES, [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "x")]))
     figure, axis = plt.subplots(figsize=(9, 6))
     for x in results:
-        axis.plot(DEPTHS, [x[f"recall@{n}"] for n in DEPTHS], marker="o", label=f"{x['setting']} {x['index']} ({x['dims']} dims)")
+        style, marker = styles[x["index"]]
+        axis.plot(
+            DEPTHS,
+            [x[f"recall@{n}"] for n in DEPTHS],
+            color=colours[x["setting"]],
+            linestyle=style,
+            marker=marker,
+            label=f"{x['setting']} {x['index']} ({x['dims']} dims, {x['bytes']:,.0f} B/doc)",
+        )
     axis.set_xscale("log")
     axis.set_xlabel("FDE candidates N")
     axis.set_ylabel("fraction of the exact MaxSim top 10 in the FDE top N")

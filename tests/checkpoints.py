@@ -69,7 +69,6 @@ def tokenizer(path, pad="[PAD]"):
     with open(vocab, "w", encoding="utf-8") as f:
         f.write("\n".join(vocabulary()) + "\n")
 
-
     tokens = vocabulary()
     if int(transformers.__version__.split(".")[0]) >= 5:
         tok = BertTokenizer(vocab={token: x for x, token in enumerate(tokens)}, do_lower_case=True, pad_token=pad, model_max_length=512)

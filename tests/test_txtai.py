@@ -152,7 +152,11 @@ def test_lifecycle(checkpoint, tmp_path):
     check(loaded.batchsearch(queries, 6), expected, texts)
     loaded.upsert([("x1", "a brand new document about music", None)])
     loaded.save(str(tmp_path / "index"))
-    check(loaded.batchsearch(queries, 6), reference(checkpoint, texts + ["a brand new document about music"], queries, 6), texts + ["a brand new document about music"])
+    check(
+        loaded.batchsearch(queries, 6),
+        reference(checkpoint, texts + ["a brand new document about music"], queries, 6),
+        texts + ["a brand new document about music"],
+    )
 
     # Re-index starts over
     loaded.index(documents[:10])

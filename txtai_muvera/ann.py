@@ -5,12 +5,11 @@ FDEIndex module
 import json
 import math
 import os
-import shutil
 
 import faiss
 import numpy as np
 
-from .store import replacedir, tempdir
+from . import files
 
 # Saved format name and version, checked at load
 FORMAT, VERSION = "txtai-muvera-fdeindex", 1
@@ -226,7 +225,7 @@ class FDEIndex:
         """
 
         path = os.path.abspath(path)
-        tmp = tempdir(path, "tmp")
+        tmp = files.tempdir(path)
         try:
             if self.backend is not None:
                 faiss.write_index(self.backend, os.path.join(tmp, "index.faiss"))
@@ -242,9 +241,9 @@ class FDEIndex:
             with open(os.path.join(tmp, "header.json"), "w", encoding="utf-8") as handle:
                 json.dump(header, handle, indent=2)
 
-            replacedir(tmp, path)
+            files.replacedir(tmp, path)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            files.remove(tmp)
             raise
 
     @classmethod
@@ -260,18 +259,7 @@ class FDEIndex:
         """
 
         path = os.path.abspath(path)
-        headerfile = os.path.join(path, "header.json")
-        if not os.path.isfile(headerfile):
-            raise FileNotFoundError(f"FDE index header not found: {headerfile}")
-        try:
-            with open(headerfile, encoding="utf-8") as handle:
-                header = json.load(handle)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ValueError(f"Corrupt FDE index header {headerfile}: {error}") from error
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise ValueError(f"Not an FDE index header {headerfile}: format must be {FORMAT!r}")
-        if header.get("version") != VERSION:
-            raise ValueError(f"Unsupported FDE index version {header.get('version')!r} in {headerfile}, supported: {VERSION}")
+        header = files.readheader(os.path.join(path, "header.json"), "FDE index", FORMAT, VERSION)
 
         config = header["config"]
         index = cls(header["dimensions"], config["index"], config["quantize"], config["threshold"], config["hnsw"], config["ivf"], config["pq"])

@@ -3,10 +3,11 @@ Durable module: crash-safe save and load of whole txtai Embeddings indexes
 """
 
 import os
-import shutil
 import uuid
 
 from txtai import Embeddings
+
+from .files import remove, replacedir, restore, sync, syncdir
 
 # Archive suffixes txtai's Embeddings.save writes as one compressed file
 ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
@@ -19,7 +20,7 @@ def save(embeddings, path):
     txtai's own `Embeddings.save` writes config.json and the document database in place: a process killed mid-save can leave
     a new config.json next to an old database, or a half-written one. This helper runs `Embeddings.save` into a new sibling
     directory (or archive file), flushes it to disk, then swaps it in with renames. A directory is swapped in two renames (old
-    aside, new in); a crash between them leaves the previous save in a `.<name>.old-<id>` sibling, which `load` and `recover`
+    aside, new in); a crash between them leaves the previous save in a `.<name>.old-<id>` sibling, which `load` (and `files.restore`)
     move back. The document database of the instance is then re-opened at path, so later saves and upserts never write to
     the files of a replaced save.
 
@@ -35,7 +36,7 @@ def save(embeddings, path):
     os.makedirs(parent, exist_ok=True)
 
     # Leftovers of earlier interrupted saves first: the previous save must be in place before it is replaced
-    recover(path)
+    restore(path)
 
     archive = next((suffix for suffix in ARCHIVES if name.endswith(suffix)), None)
     temp = os.path.join(parent, f".{name}.saving-{uuid.uuid4().hex}{archive or ''}")
@@ -47,7 +48,7 @@ def save(embeddings, path):
             # One file: a rename replaces it atomically
             os.replace(temp, path)
         else:
-            swap(temp, path)
+            replacedir(temp, path)
         syncdir(parent)
     except BaseException:
         remove(temp)
@@ -71,65 +72,11 @@ def load(path, embeddings=None, **kwargs):
     """
 
     path = os.path.abspath(str(path))
-    recover(path)
+    restore(path)
 
     embeddings = embeddings if embeddings is not None else Embeddings()
     embeddings.load(path, **kwargs)
     return embeddings
-
-
-def recover(path):
-    """
-    Repairs what an interrupted `save` can leave next to path: moves the previous save back into place when the process died
-    between the two renames, and removes unfinished temporary saves and replaced saves.
-
-    Args:
-        path: index directory or archive file
-
-    Returns:
-        True if a previous save was moved back into place
-    """
-
-    path = os.path.abspath(str(path))
-    parent, name = os.path.split(path)
-    if not os.path.isdir(parent):
-        return False
-
-    olds = sorted(os.path.join(parent, x) for x in os.listdir(parent) if x.startswith(f".{name}.old-"))
-    temps = [os.path.join(parent, x) for x in os.listdir(parent) if x.startswith(f".{name}.saving-")]
-
-    restored = False
-    if not os.path.exists(path) and olds:
-        # At most one backup exists at a time: save recovers before it renames anything
-        os.rename(olds.pop(), path)
-        syncdir(parent)
-        restored = True
-
-    for leftover in olds + temps:
-        remove(leftover)
-
-    return restored
-
-
-def swap(temp, path):
-    """
-    Moves a complete save at temp into place at path, keeping the previous save aside until the new one is in place.
-
-    Args:
-        temp: complete new save directory
-        path: destination directory
-    """
-
-    if os.path.exists(path):
-        parent, name = os.path.split(path)
-        old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
-        os.rename(path, old)
-        os.rename(temp, path)
-
-        # Files of the old save may be open or memory-mapped: unlinked files stay readable to whoever holds them
-        remove(old)
-    else:
-        os.rename(temp, path)
 
 
 def repoint(embeddings, path):
@@ -151,59 +98,3 @@ def repoint(embeddings, path):
     if database is not None and isinstance(getattr(database, "path", None), str):
         database.close()
         database.load(os.path.join(path, "documents"))
-
-
-def sync(path):
-    """
-    Flushes a file, or every file under a directory, to disk.
-
-    Args:
-        path: file or directory
-    """
-
-    files = [path] if os.path.isfile(path) else [os.path.join(root, x) for root, _, names in os.walk(path) for x in names]
-    for file in files:
-        descriptor = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-    if os.path.isdir(path):
-        for root, _, _ in os.walk(path):
-            syncdir(root)
-
-
-def syncdir(path):
-    """
-    Flushes a directory entry list (renames, new files) to disk, where the platform allows it.
-
-    Args:
-        path: directory
-    """
-
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def remove(path):
-    """
-    Removes a file or directory if it exists.
-
-    Args:
-        path: file or directory
-    """
-
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)

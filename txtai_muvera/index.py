@@ -4,9 +4,7 @@ MuveraIndex module: txtai index backend holding the FDE index and the token stor
 
 import json
 import os
-import shutil
 import threading
-import uuid
 
 from contextlib import contextmanager
 
@@ -14,6 +12,7 @@ import numpy as np
 
 from txtai.ann import ANN
 
+from . import files
 from .ann import FDEIndex
 from .maxsim import maxsim_flat, topk
 from .store import TokenStore
@@ -110,8 +109,15 @@ class MuveraIndex(ANN):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
 
         # Per-call arguments, then per-thread options, then index settings
-        options = {**self.options.values, **{k: v for k, v in {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe, "rerank": rerank}.items() if v is not None}}
-        candidates, efsearch, nprobe = options.get("candidates", self.config.get("candidates", CANDIDATES)), options.get("efsearch"), options.get("nprobe")
+        options = {
+            **self.options.values,
+            **{k: v for k, v in {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe, "rerank": rerank}.items() if v is not None},
+        }
+        candidates, efsearch, nprobe = (
+            options.get("candidates", self.config.get("candidates", CANDIDATES)),
+            options.get("efsearch"),
+            options.get("nprobe"),
+        )
 
         tokens = getattr(queries, "tokens", None)
         rerank = options.get("rerank", self.config.get("rerank", True)) and tokens is not None
@@ -161,8 +167,7 @@ class MuveraIndex(ANN):
             path: output directory
         """
 
-        temp = f"{path}.saving-{uuid.uuid4().hex}"
-        os.makedirs(temp)
+        temp = files.tempdir(path)
         try:
             self.fdes.save(os.path.join(temp, "fdes"))
             self.store.save(os.path.join(temp, "tokens"))
@@ -176,11 +181,10 @@ class MuveraIndex(ANN):
             }
             with open(os.path.join(temp, "header.json"), "w", encoding="utf-8") as f:
                 json.dump(header, f, indent=2)
-        except Exception:
-            shutil.rmtree(temp, ignore_errors=True)
+            files.replacedir(temp, path)
+        except BaseException:
+            files.remove(temp)
             raise
-
-        swap(temp, path)
 
     def close(self):
         self.fdes, self.store = None, None
@@ -229,23 +233,8 @@ class MuveraIndex(ANN):
         """
 
         # Recover from a crash between the two renames of a save
-        path = recover(path)
-
-        file = os.path.join(path, "header.json")
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"No txtai-muvera index at {path}: {file} is missing")
-
-        try:
-            with open(file, encoding="utf-8") as f:
-                header = json.load(f)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ValueError(f"Corrupt index header {file}: {error}") from error
-
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(
-                f"Index at {path} has format {header.get('format')!r} version {header.get('version')!r}; "
-                f"this txtai-muvera reads {FORMAT!r} version {VERSION}"
-            )
+        files.restore(path)
+        header = files.readheader(os.path.join(path, "header.json"), "txtai-muvera index", FORMAT, VERSION)
 
         for key in ["dimensions", "fingerprint"]:
             if self.config.get(key) is not None and header.get(key) != self.config.get(key):
@@ -268,47 +257,6 @@ def positive(score):
 
     score = float(score)
     return max(score, 0.0) + 1e-6 / (1.0 + np.exp(-score)) if np.isfinite(score) else 1e-12
-
-
-def swap(temp, path):
-    """
-    Moves a finished save at temp into place at path, keeping the previous save until the new one is in place.
-
-    Args:
-        temp: finished save directory
-        path: destination directory
-    """
-
-    old = None
-    if os.path.exists(path):
-        old = f"{path}.old-{uuid.uuid4().hex}"
-        os.rename(path, old)
-
-    os.rename(temp, path)
-
-    # Files of the old save may still be memory-mapped: unlinking keeps them readable for whoever has them open
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def recover(path):
-    """
-    Finds the save to load at path: path itself, or the previous save if a crash happened between the renames of `swap`.
-
-    Args:
-        path: index directory
-
-    Returns:
-        directory to load
-    """
-
-    if not os.path.exists(path):
-        parent, name = os.path.split(path)
-        olds = sorted(x for x in os.listdir(parent or ".") if x.startswith(f"{name}.old-")) if os.path.isdir(parent or ".") else []
-        if olds:
-            return os.path.join(parent, olds[-1])
-
-    return path
 
 
 class Options(threading.local):

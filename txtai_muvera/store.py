@@ -5,11 +5,11 @@ TokenStore module
 import json
 import mmap as mmapmodule
 import os
-import shutil
 import tempfile
-import uuid
 
 import numpy as np
+
+from . import files
 
 # Saved format name and version, checked at load
 FORMAT, VERSION = "txtai-muvera-tokenstore", 1
@@ -249,12 +249,16 @@ class TokenStore:
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=offsets[1:])
 
-        tmp = tempdir(path, "tmp")
+        tmp = files.tempdir(path)
         try:
             # Tokens (and int8 scales) are copied in chunks of documents into memory-mapped .npy files: saving never holds a
             # second copy of the store in memory
             tokens = np.lib.format.open_memmap(os.path.join(tmp, "tokens.npy"), mode="w+", dtype=self.dtype, shape=(int(offsets[-1]), self.dim))
-            scale = np.lib.format.open_memmap(os.path.join(tmp, "scale.npy"), mode="w+", dtype=np.float32, shape=(int(offsets[-1]),)) if self.dtype == "int8" else None
+            scale = (
+                np.lib.format.open_memmap(os.path.join(tmp, "scale.npy"), mode="w+", dtype=np.float32, shape=(int(offsets[-1]),))
+                if self.dtype == "int8"
+                else None
+            )
             for start in range(0, len(ids), 4096):
                 rows, _, scales = self.gather(ids[start : start + 4096])
                 tokens[offsets[start] : offsets[start] + len(rows)] = rows
@@ -288,9 +292,9 @@ class TokenStore:
                 handle.flush()
                 os.fsync(handle.fileno())
 
-            replacedir(tmp, path)
+            files.replacedir(tmp, path)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            files.remove(tmp)
             raise
 
         # Continue from the compacted arrays: memory-map the new files when this store was memory-mapped or spilled to disk,
@@ -439,55 +443,6 @@ class TokenStore:
             self.lookup = self.docids[self.directory]
 
 
-def tempdir(path, kind):
-    """
-    Creates a new sibling directory of path for an atomic save.
-
-    Args:
-        path: target path
-        kind: name tag, tmp or old
-
-    Returns:
-        new directory path
-    """
-
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.{kind}-{uuid.uuid4().hex}")
-    os.mkdir(tmp)
-    return tmp
-
-
-def replacedir(tmp, path):
-    """
-    Moves the complete directory tmp into place at path. An existing path is renamed aside first and removed last,
-    its files are never written to.
-
-    Args:
-        tmp: complete new directory
-        path: target directory
-    """
-
-    if os.path.exists(path):
-        parent, name = os.path.split(os.path.abspath(path))
-        old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
-
-    # Persist the renames
-    try:
-        descriptor = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-    except OSError:
-        pass
-
-
 def readheader(path):
     """
     Reads and checks a token store header.
@@ -499,18 +454,7 @@ def readheader(path):
         header dict
     """
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Token store header not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            header = json.load(handle)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"Corrupt token store header {path}: {error}") from error
-
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"Not a token store header {path}: format must be {FORMAT!r}")
-    if header.get("version") != VERSION:
-        raise ValueError(f"Unsupported token store version {header.get('version')!r} in {path}, supported: {VERSION}")
+    header = files.readheader(path, "token store", FORMAT, VERSION)
     if header.get("dtype") not in DTYPES:
         raise ValueError(f"Unknown dtype {header.get('dtype')!r} in {path}, accepted: {', '.join(DTYPES)}")
     for key in ("dim", "documents", "tokens"):

@@ -131,7 +131,9 @@ class LateVectors(Vectors):
         texts = [self.prepare(data, "data") for _, data, _ in documents]
         for (uid, _, _), text in zip(documents, texts):
             if not isinstance(text, str):
-                raise TypeError(f"Document {uid!r} has {type(text).__name__} text {shorten(text)}, expected str (None documents are dropped by txtai)")
+                raise TypeError(
+                    f"Document {uid!r} has {type(text).__name__} text {shorten(text)}, expected str (None documents are dropped by txtai)"
+                )
 
         tokens = self.model.encode(texts, "data")
         encoded.add(self.encoder(tokens, "data"), tokens, self.model.truncated)

@@ -4,9 +4,7 @@ Index command: builds a saved txtai index from JSONL, CSV or a folder of text fi
 
 import argparse
 import os
-import shutil
 import time
-import uuid
 
 from .documents import Documents
 from .errors import UsageError
@@ -67,6 +65,7 @@ def run(args):
     from txtai import Embeddings
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
+    from .. import durable
     from ..models import Checkpoint
 
     documents = Documents(args.input, args.format)
@@ -84,12 +83,7 @@ def run(args):
         embeddings.index(progress)
 
     # Save next to the output and swap it in: a failed run leaves an existing index as it was
-    temp = f"{output}.saving-{uuid.uuid4().hex}"
-    try:
-        embeddings.save(temp)
-        replace(temp, output)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    durable.save(embeddings, output)
     index = embeddings.scoring.ann
     summary = {
         "output": output,
@@ -164,25 +158,6 @@ def prepare(output, overwrite):
             raise UsageError(f"An index already exists at {output}: pass --overwrite to replace it")
 
     return output
-
-
-def replace(temp, output):
-    """
-    Moves a saved index from temp to output, replacing what is there.
-
-    Args:
-        temp: saved index folder
-        output: destination folder
-    """
-
-    old = None
-    if os.path.exists(output):
-        old = f"{output}.old-{uuid.uuid4().hex}"
-        os.rename(output, old)
-
-    os.rename(temp, output)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def size(path):

@@ -5,6 +5,7 @@ Info command: what an index holds and how it was built, read from its saved file
 import json
 import os
 
+from .. import files
 from .errors import UsageError
 
 
@@ -122,19 +123,10 @@ def readjson(file):
         dict
     """
 
-    if not os.path.isfile(file):
-        raise UsageError(f"Incomplete index: {file} is missing")
-
     try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UsageError(f"Corrupt index file {file}: {error}") from error
-
-    if not isinstance(data, dict):
-        raise UsageError(f"Corrupt index file {file}: expected a JSON object")
-
-    return data
+        return files.readjson(file, "index file")
+    except (OSError, ValueError) as error:
+        raise UsageError(f"Incomplete or corrupt index: {error}") from error
 
 
 def load(path):

@@ -95,10 +95,7 @@ class Run:
             Embeddings
         """
 
-        # Registers this package with txtai
-        # pylint: disable=C0415,W0611
-        import txtai_muvera
-
+        # Importing this package (the parent of this module) registered it with txtai, so sparse= builds a txtai_muvera index
         folder = os.path.join(self.cache, self.key(dataset)) if self.cache else None
         if folder and os.path.isfile(os.path.join(folder, "config.json")):
             embeddings = Embeddings()

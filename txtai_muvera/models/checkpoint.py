@@ -13,7 +13,15 @@ from .hub import CheckpointError, islocal, locate
 PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "artifact.metadata", "*_Dense/*"]
 
 # Settings read from a checkpoint and overridable by keyword
-SETTINGS = ("query_prefix", "document_prefix", "query_length", "document_length", "do_query_expansion", "attend_to_expansion_tokens", "skiplist_words")
+SETTINGS = (
+    "query_prefix",
+    "document_prefix",
+    "query_length",
+    "document_length",
+    "do_query_expansion",
+    "attend_to_expansion_tokens",
+    "skiplist_words",
+)
 
 # Activation functions allowed in PyLate / sentence-transformers Dense heads
 ACTIVATIONS = {

@@ -45,7 +45,9 @@ def locate(path, patterns):
     if islocal(path):
         if os.path.isfile(path):
             raise CheckpointError(f"Checkpoint path '{path}' is a file, expected a folder with config.json, model weights and tokenizer files")
-        raise CheckpointError(f"Checkpoint folder '{path}' not found: expected a folder with config.json, model weights and tokenizer files, or a Hub id")
+        raise CheckpointError(
+            f"Checkpoint folder '{path}' not found: expected a folder with config.json, model weights and tokenizer files, or a Hub id"
+        )
 
     # pylint: disable=C0415
     import huggingface_hub
