@@ -205,9 +205,15 @@ def stock(args, documents, queries, sample):
     uncached(sample[0], LIMIT, FACTOR)
     _, rerank = timed(lambda q: uncached(q, LIMIT, FACTOR), sample)
 
+    # cache=True holds 1,000 documents: fewer than a pass over the sample re-ranks, so a second pass in the same order can miss
     cached = Reranker(embeddings, similarity, cache=True)
     timed(lambda q: cached(q, LIMIT, FACTOR), sample)
     _, second = timed(lambda q: cached(q, LIMIT, FACTOR), sample)
+
+    # A cache large enough for every candidate of the sample
+    large = Reranker(embeddings, similarity, cache=LIMIT * FACTOR * len(sample))
+    timed(lambda q: large(q, LIMIT, FACTOR), sample)
+    _, third = timed(lambda q: large(q, LIMIT, FACTOR), sample)
 
     # Re-ranking stage alone: the similarity pipeline over the 100 candidates' texts
     candidates = [[row["text"] for row in embeddings.search(q, LIMIT * FACTOR)] for q in sample]
@@ -231,6 +237,7 @@ def stock(args, documents, queries, sample):
             "stock dense MUVERA": percentiles(dense),
             "stock Reranker uncached": percentiles(rerank),
             "stock Reranker cached (2nd pass)": percentiles(second),
+            f"stock Reranker cache={LIMIT * FACTOR * len(sample)} (2nd pass)": percentiles(third),
         },
         "stage": percentiles(stage),
         "disk": {"fde_bytes_per_doc": round(vectors / len(documents), 1), "total_bytes": sum(files.values()), "files": files},
@@ -295,6 +302,9 @@ def report(results):
     lines.append(f"| p50 ratio stock Reranker uncached / ours MUVERA+rerank | | | {theirs / ours:.1f} |")
     cached = b["latency"]["stock Reranker cached (2nd pass)"]["p50_ms"]
     lines.append(f"| p50 ratio stock Reranker cached / ours MUVERA+rerank | | | {cached / ours:.1f} |")
+    large = [value for name, value in b["latency"].items() if name.startswith("stock Reranker cache=")]
+    if large:
+        lines.append(f"| p50 ratio stock Reranker large cache / ours MUVERA+rerank | | | {large[0]['p50_ms'] / ours:.1f} |")
     lines.append(
         f"| p50 ratio stock dense MUVERA / ours MUVERA only | | | {b['latency']['stock dense MUVERA']['p50_ms'] / a['latency']['muvera']['p50_ms']:.2f} |"
     )
@@ -329,6 +339,7 @@ def main():
     parser.add_argument("--sample", type=int, default=20, help="queries timed with the stock Reranker")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--index", default="auto", help="txtai_muvera FDE index type")
+    parser.add_argument("--systems", default="ours,stock", help="systems to measure now; the others are read from their last result file")
     parser.add_argument("--system", choices=["ours", "stock"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,7 +355,8 @@ def main():
         command = [sys.executable, os.path.abspath(__file__), "--system", system, "--result", result, "--data", args.data, "--model", args.model]
         command += ["--sample", str(args.sample), "--threads", str(args.threads), "--index", args.index]
         command += ["--max-docs", str(args.max_docs)] if args.max_docs else []
-        subprocess.run(command, check=True)
+        if system in args.systems.split(","):
+            subprocess.run(command, check=True)
         with open(result, encoding="utf-8") as f:
             results[system] = json.load(f)
 
