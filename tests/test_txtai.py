@@ -370,3 +370,18 @@ def test_stock_similarity_reranker(checkpoint):
     expected = sorted(scores, key=lambda x: -x[1])[:4]
     assert [row["id"] for row in results] == [uid for uid, _ in expected]
     assert np.allclose([row["score"] for row in results], [s for _, s in expected], atol=1e-5)
+
+
+def test_subindex(checkpoint, tmp_path):
+    # A late-interaction subindex beside the default index, through save/load and upsert
+    documents, queries = corpus(30), corpus(3, seed=16)
+    embeddings = Embeddings(content=True, defaults=False, indexes={"late": {"sparse": {"path": checkpoint, "muvera": dict(MUVERA)}}})
+    embeddings.index(documents)
+    check(embeddings.batchsearch(queries, 3, index="late"), reference(checkpoint, documents, queries, 3), documents)
+
+    embeddings.save(str(tmp_path / "index"))
+    loaded = Embeddings()
+    loaded.load(str(tmp_path / "index"))
+    loaded.upsert([(30, "a brand new document about music", None)])
+    texts = documents + ["a brand new document about music"]
+    check(loaded.batchsearch(queries, 3, index="late"), reference(checkpoint, texts, queries, 3), texts)
