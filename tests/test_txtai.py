@@ -385,3 +385,12 @@ def test_subindex(checkpoint, tmp_path):
     loaded.upsert([(30, "a brand new document about music", None)])
     texts = documents + ["a brand new document about music"]
     check(loaded.batchsearch(queries, 3, index="late"), reference(checkpoint, texts, queries, 3), texts)
+
+
+def test_truncation_warning(checkpoint, caplog):
+    # Documents cut at the model's document length (48 tokens here) are counted and reported
+    embeddings = create(checkpoint)
+    with caplog.at_level("WARNING", logger="txtai_muvera.index"):
+        embeddings.index(["short text", " ".join(["music"] * 200), " ".join(["history"] * 300)])
+
+    assert "2 of 3 documents were cut at the model's document length (48 tokens)" in caplog.text

@@ -3,6 +3,7 @@ MuveraIndex module: txtai index backend holding the FDE index and the token stor
 """
 
 import json
+import logging
 import os
 import threading
 
@@ -16,6 +17,8 @@ from . import files
 from .ann import FDEIndex
 from .maxsim import maxsim_flat, topk
 from .store import TokenStore
+
+logger = logging.getLogger(__name__)
 
 # Saved index format, checked on load
 FORMAT, VERSION = "txtai-muvera-index", 1
@@ -203,6 +206,11 @@ class MuveraIndex(ANN):
         if embeddings.error is not None:
             self.config["offset"] = self.config.get("offset", 0) + embeddings.streamed
             raise embeddings.error
+
+        # Tokens past the model's document length are not indexed: say so, since MaxSim never sees them
+        if embeddings.truncated:
+            length = embeddings.settings["vectors"].get("document_length")
+            logger.warning("%d of %d documents were cut at the model's document length (%s tokens)", embeddings.truncated, len(embeddings), length)
 
     def configure(self, embeddings):
         """
