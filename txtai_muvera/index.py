@@ -2,7 +2,6 @@
 MuveraIndex module: txtai index backend holding the FDE index and the token store, re-ranking with exact MaxSim
 """
 
-import json
 import logging
 import os
 import threading
@@ -182,8 +181,7 @@ class MuveraIndex(ANN):
                 "fingerprint": self.config.get("fingerprint"),
                 "offset": self.config.get("offset"),
             }
-            with open(os.path.join(temp, "header.json"), "w", encoding="utf-8") as f:
-                json.dump(header, f, indent=2)
+            files.writeheader(temp, header)
             files.replacedir(temp, path)
         except BaseException:
             files.remove(temp)

@@ -2,7 +2,6 @@
 TokenStore module
 """
 
-import json
 import mmap as mmapmodule
 import os
 import tempfile
@@ -287,10 +286,7 @@ class TokenStore:
                 "tokens": int(len(tokens)),
                 "scale": "int8 rows: value = int8 * scale[row], scale = max|x| / 127 (1 for zero rows)" if scale is not None else None,
             }
-            with open(os.path.join(tmp, "header.json"), "w", encoding="utf-8") as handle:
-                json.dump(header, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
+            files.writeheader(tmp, header)
 
             files.replacedir(tmp, path)
         except BaseException:
