@@ -8,6 +8,9 @@ import torch
 # Score given to a document without any token: sorts after every real score and is dropped by txtai's score <= 0 filter
 EMPTY = float("-inf")
 
+# Token rows widened and multiplied at a time when scoring float16 / int8 tokens (measured fastest on CPU)
+BLOCK = 1024
+
 
 def maxsim(queries, documents, device=None):
     """
@@ -90,11 +93,20 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
         tokens, query = tokens.to(device), query.to(device)
 
     # (T, q) similarities: int8 scale factors out of the dot product, so it is applied to the result rows
-    scores = tokens.float() @ query.T
+    scores = similarities(tokens, query)
     if scale is not None:
         scores *= _tensor(scale).to(scores.device, torch.float32)[:, None]
 
-    # Segment max: scatter rows into a (n, maxlen, q) buffer pre-filled with -inf, faster on CPU than torch.segment_reduce
+    # Segment max on CPU: numpy's reduceat over each document's contiguous columns of the (q, T) scores, about 10x faster
+    # than scattering into a padded buffer. Documents without tokens have no columns: they keep EMPTY.
+    if scores.device.type == "cpu":
+        best = np.full((n, scores.shape[1]), EMPTY, dtype=np.float32)
+        nonempty = lengths > 0
+        if nonempty.any():
+            best[nonempty] = np.maximum.reduceat(scores.T.contiguous().numpy(), offsets[:-1][nonempty], axis=1).T
+        return best.mean(axis=1).astype(np.float32, copy=False)
+
+    # Elsewhere: scatter rows into a (n, maxlen, q) buffer pre-filled with -inf
     maxlen = int(lengths.max()) if n else 0
     if n and maxlen and np.all(lengths == maxlen):
         best = scores.view(n, maxlen, -1).amax(dim=1)
@@ -107,6 +119,29 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
         best = torch.full((n, scores.shape[1]), EMPTY, dtype=scores.dtype, device=scores.device)
 
     return best.mean(dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def similarities(tokens, query):
+    """
+    Dot products of every token row with every query token. Rows stored as float16 or int8 are widened to float32 (exactly)
+    a block at a time, so each block is multiplied while it is still in cache instead of widening the whole gather first.
+
+    Args:
+        tokens: (T, d) tensor, float32, float16 or int8
+        query: (q, d) float32 tensor
+
+    Returns:
+        (T, q) float32 tensor
+    """
+
+    if tokens.dtype == torch.float32:
+        return tokens @ query.T
+
+    scores = torch.empty((tokens.shape[0], query.shape[0]), dtype=torch.float32, device=tokens.device)
+    for start in range(0, tokens.shape[0], BLOCK):
+        torch.matmul(tokens[start : start + BLOCK].float(), query.T, out=scores[start : start + BLOCK])
+
+    return scores
 
 
 def maxsim_padded(queries, qmask, documents, dmask, device=None):
