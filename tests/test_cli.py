@@ -15,21 +15,10 @@ from txtai_muvera import ColBERT, Muvera, islateinteraction, standin
 from txtai_muvera.cli import main
 
 from checkpoints import build_pylate_checkpoint
+from texts import QUERIES, SENTENCES
 
-TEXTS = [
-    "the retrieval model encodes every query and document into token vectors",
-    "search engines rank passages for questions about science",
-    "a small index keeps compact vectors on disk",
-    "large collections need approximate neighbours",
-    "health finance sports music history travel food weather",
-    "music history and travel",
-    "the model scores them with maximum similarity",
-    "questions about food and weather",
-    "compact vectors for a large collection of documents",
-    "science questions and health questions",
-]
+TEXTS = SENTENCES
 
-QUERIES = ["music and travel", "maximum similarity of token vectors", "questions about science"]
 
 # The stand-in's encoding settings (txtai_muvera.standin)
 STANDIN = {"query_prefix": "", "document_prefix": "", "query_length": 32, "document_length": 180, "do_query_expansion": False, "skiplist_words": []}

@@ -17,28 +17,14 @@ from txtai.pipeline import Pipeline
 from txtai_muvera import ColBERT
 
 from checkpoints import build_pylate_checkpoint
+from texts import QUERIES, SENTENCES
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
 # Model paths named in the shipped files
 LATE, DENSE, LLM = "neuml/colbert-muvera-micro", "sentence-transformers/all-MiniLM-L6-v2", "Qwen/Qwen3-0.6B"
 
-DOCUMENTS = [
-    "the retrieval model encodes every query and document into token vectors",
-    "search engines rank passages for questions about science",
-    "a small index keeps compact vectors on disk",
-    "large collections need approximate neighbours",
-    "health finance sports music history travel food weather",
-    "music history and travel",
-    "the model scores them with maximum similarity",
-    "questions about food and weather",
-    "compact vectors for a large collection of documents",
-    "science questions and health questions",
-    "travel passages rank with maximum similarity",
-    "every token of the query is matched to a document token",
-]
-
-QUERIES = ["music and travel", "maximum similarity of token vectors", "questions about science"]
+DOCUMENTS = SENTENCES + ["travel passages rank with maximum similarity", "every token of the query is matched to a document token"]
 
 
 @pytest.fixture(scope="module")
