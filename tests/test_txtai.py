@@ -394,3 +394,20 @@ def test_truncation_warning(checkpoint, caplog):
         embeddings.index(["short text", " ".join(["music"] * 200), " ".join(["history"] * 300)])
 
     assert "2 of 3 documents were cut at the model's document length (48 tokens)" in caplog.text
+
+
+@pytest.mark.parametrize("tokens", ["float32", "float16", "int8"])
+def test_upsert_copies_tokens_exactly(checkpoint, tokens):
+    # Appending a pass moves its token rows into the index's store unchanged: the appended rows equal those of an index built
+    # from the same documents in one pass (same batch, so the encoder gives identical floats)
+    documents = corpus(40)
+    parts = create(checkpoint, tokens=tokens)
+    parts.index([(i, text, None) for i, text in enumerate(documents[:25])])
+    parts.upsert([(i, text, None) for i, text in enumerate(documents) if i >= 25])
+
+    fresh = create(checkpoint, tokens=tokens)
+    fresh.index([(i, text, None) for i, text in enumerate(documents[25:])])
+
+    assert parts.scoring.config["tokens"] == tokens and parts.count() == 40
+    for x in range(15):
+        assert np.array_equal(parts.scoring.ann.store.get(25 + x), fresh.scoring.ann.store.get(x))

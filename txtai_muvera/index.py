@@ -76,7 +76,9 @@ class MuveraIndex(ANN):
         try:
             for start in range(0, len(ids), 1024):
                 rows = source.ids[start : start + 1024]
-                self.store.add(rows + offset, [source.get(row) for row in rows])
+                tokens, offsets, scale = source.gather(rows)
+                tokens = tokens.astype(np.float32) * scale[:, None] if scale is not None else tokens
+                self.store.add(rows + offset, np.split(tokens, offsets[1:-1]))
         except Exception:
             self.store.delete(ids)
             raise
