@@ -42,14 +42,14 @@ def save(embeddings, path):
     temp = os.path.join(parent, f".{name}.saving-{uuid.uuid4().hex}{archive or ''}")
     try:
         embeddings.save(temp)
-        sync(temp)
 
         if archive:
-            # One file: a rename replaces it atomically
+            # One file: flushed, then a rename replaces it atomically
+            sync(temp)
             os.replace(temp, path)
+            syncdir(parent)
         else:
             replacedir(temp, path)
-        syncdir(parent)
     except BaseException:
         remove(temp)
         raise

@@ -29,14 +29,17 @@ def tempdir(path, kind="saving"):
 
 def replacedir(temp, path):
     """
-    Moves the complete directory temp into place at path. An existing path is renamed aside first and removed last: its files
-    are never written to, so whoever has them open or memory-mapped keeps reading them (POSIX). A crash between the two
+    Flushes the complete directory temp to disk and moves it into place at path. An existing path is renamed aside first and
+    removed last: its files are never written to, so whoever has them open or memory-mapped keeps reading them (POSIX). A crash between the two
     renames leaves the previous save in a `.<name>.old-<id>` sibling, which `restore` moves back.
 
     Args:
         temp: complete new directory
         path: target directory
     """
+
+    # Everything in the new save reaches the disk before any rename makes it the save at path
+    sync(temp)
 
     path = os.path.abspath(path)
     if os.path.exists(path):
@@ -86,7 +89,7 @@ def restore(path):
 
 def writeheader(directory, header):
     """
-    Writes a saved part's header.json into the directory being saved, flushed to disk before the directory is swapped in.
+    Writes a saved part's header.json into the directory being saved (`replacedir` flushes it to disk).
 
     Args:
         directory: save directory
@@ -95,8 +98,6 @@ def writeheader(directory, header):
 
     with open(os.path.join(directory, "header.json"), "w", encoding="utf-8") as f:
         json.dump(header, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def readjson(file, what):

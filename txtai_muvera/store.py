@@ -267,15 +267,9 @@ class TokenStore:
             for array in [tokens, scale]:
                 if array is not None:
                     array.flush()
-            for name in ["tokens.npy", "scale.npy"] if scale is not None else ["tokens.npy"]:
-                with open(os.path.join(tmp, name), "rb+") as handle:
-                    os.fsync(handle.fileno())
 
             for name, array in {"offsets.npy": offsets, "ids.npy": ids}.items():
-                with open(os.path.join(tmp, name), "wb") as handle:
-                    np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                np.save(os.path.join(tmp, name), np.ascontiguousarray(array), allow_pickle=False)
 
             header = {
                 "format": FORMAT,
