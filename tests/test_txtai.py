@@ -255,6 +255,10 @@ def test_reranker_pipeline(checkpoint):
 
     with pytest.raises(ValueError, match="candidates"):
         reranker(queries[0], 5, candidates=-3)
+    with pytest.raises(ValueError, match="candidates must be a positive integer, got 0"):
+        reranker(queries[0], 5, candidates=0)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer, got -1"):
+        reranker(queries[0], 5, nprobe=-1)
 
 
 def test_sql(checkpoint):

@@ -125,8 +125,9 @@ class MuveraIndex(ANN):
 
         tokens = getattr(queries, "tokens", None)
         rerank = options.get("rerank", self.config.get("rerank", True)) and tokens is not None
-        if not isinstance(candidates, (int, np.integer)) or isinstance(candidates, bool) or candidates < 1:
-            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        for name, value in [("candidates", candidates), ("efsearch", efsearch), ("nprobe", nprobe)]:
+            if (value is not None or name == "candidates") and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not limit:
             return [[] for _ in range(len(queries))]
 

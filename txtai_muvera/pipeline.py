@@ -50,7 +50,8 @@ class Reranker(Pipeline):
             txtai search results, one list per query (a single list for a single query)
         """
 
-        options = {**self.defaults, **{k: v for k, v in {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe}.items() if v}}
+        calls = {"candidates": candidates, "efsearch": efsearch, "nprobe": nprobe}
+        options = {key: self.defaults[key] if value is None else value for key, value in calls.items()}
         queries = [query] if isinstance(query, str) else list(query)
 
         # An application serialises searches with its writes (txtai's database is not thread-safe for writes)
