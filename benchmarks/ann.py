@@ -15,10 +15,10 @@ import time
 import faiss
 import numpy as np
 
-from txtai_muvera.ann import FDEIndex
+from txtai_muvera.core.ann import FDEIndex
 
 try:
-    from txtai_muvera.muvera import Muvera
+    from txtai_muvera.core.muvera import Muvera
 except ImportError:
     from txtai.models.pooling.muvera import Muvera
 

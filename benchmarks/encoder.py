@@ -22,7 +22,7 @@ import torch
 
 from txtai.models import PoolingFactory
 
-from txtai_muvera.models import ColBERT
+from txtai_muvera.core.models import ColBERT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

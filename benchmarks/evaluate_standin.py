@@ -1,7 +1,7 @@
 """
 Stand-in quality runs: the all-MiniLM-L6-v2 stand-in checkpoint on the BEIR folders in ../shared/data/beir.
 
-1. Through txtai_muvera.evaluation (indexing with Embeddings(sparse=...), full MaxSim, MUVERA 20/5/16 + top-100 re-rank, MUVERA
+1. Through txtai_muvera.tools.evaluation (indexing with Embeddings(sparse=...), full MaxSim, MUVERA 20/5/16 + top-100 re-rank, MUVERA
    only; exact FDE search; ranx metrics).
 2. Fill off against fill on, without encoding the corpus again: FDEs of every MUVERA setting are computed from the token matrices
    stored in the index of step 1 (float16), searched exactly, and the top 100 re-ranked by exact MaxSim over the same stored tokens.
@@ -23,9 +23,9 @@ import sys
 import numpy as np
 
 from txtai_muvera import FDEIndex, Muvera
-from txtai_muvera.evaluation import BEIR, Metrics, Report, Run, evaluate
-from txtai_muvera.maxsim import maxsim_flat, topk
-from txtai_muvera.pipeline import backend
+from txtai_muvera.tools.evaluation import BEIR, Metrics, Report, Run, evaluate
+from txtai_muvera.core.maxsim import maxsim_flat, topk
+from txtai_muvera.glue.pipeline import backend
 
 # Benchmark folder and outputs
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +34,7 @@ OUTPUT = os.path.join(ROOT, "output")
 
 def standin(path):
     """
-    Builds the stand-in checkpoint when missing: txtai_muvera.standin when the package has it, else benchmarks/standin.py.
+    Builds the stand-in checkpoint when missing: txtai_muvera.tools.standin when the package has it, else benchmarks/standin.py.
 
     Args:
         path: checkpoint folder
@@ -48,7 +48,7 @@ def standin(path):
 
     try:
         # pylint: disable=C0415
-        from txtai_muvera.standin import build_standin
+        from txtai_muvera.tools.standin import build_standin
     except ImportError:
         spec = importlib.util.spec_from_file_location("standin", os.path.join(ROOT, "standin.py"))
         module = importlib.util.module_from_spec(spec)

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import torch
 
-from txtai_muvera.maxsim import maxsim_flat
-from txtai_muvera.store import TokenStore
+from txtai_muvera.core.maxsim import maxsim_flat
+from txtai_muvera.core.store import TokenStore
 
 
 def gflops(size=2048, runs=10):

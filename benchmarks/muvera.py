@@ -15,7 +15,7 @@ import torch
 
 from txtai.models.pooling.muvera import Muvera as TxtaiMuvera
 
-from txtai_muvera.muvera import Muvera
+from txtai_muvera.core.muvera import Muvera
 
 
 def documents(count, dim, seed):

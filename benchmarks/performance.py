@@ -119,8 +119,8 @@ def ours(args, documents, queries, sample):
     from txtai import Embeddings
 
     import txtai_muvera
-    from txtai_muvera.maxsim import maxsim_flat, topk
-    from txtai_muvera.pipeline import backend
+    from txtai_muvera.core.maxsim import maxsim_flat, topk
+    from txtai_muvera.glue.pipeline import backend
 
     torch.set_num_threads(args.threads)
     config = {
@@ -251,7 +251,7 @@ def child(args):
     """
 
     # pylint: disable=C0415
-    from txtai_muvera.evaluation import BEIR
+    from txtai_muvera.tools.evaluation import BEIR
 
     dataset = BEIR.load(args.data, maxdocs=args.max_docs)
     documents = dataset.documents()

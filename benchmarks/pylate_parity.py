@@ -2,7 +2,7 @@
 PyLate parity check on texts beyond the fixture's
 
 PyLate can't be installed beside txtai 9.14 (transformers pins conflict), so run this script inside a separate virtual
-environment that has pylate==1.2.0 (and torch 2.13.0 installed first). txtai_muvera.models never imports txtai, so it
+environment that has pylate==1.2.0 (and torch 2.13.0 installed first). txtai_muvera.core.models never imports txtai, so it
 is loaded from this repository without the package's txtai registration.
 
     python -m venv /tmp/pylate-venv
@@ -42,7 +42,7 @@ TEXTS = [
 
 def load():
     """
-    Imports txtai_muvera.models without the package __init__ (which registers with txtai).
+    Imports txtai_muvera.core.models without the package __init__ (which registers with txtai).
 
     Returns:
         ColBERT class
@@ -51,7 +51,7 @@ def load():
     package = types.ModuleType("txtai_muvera")
     package.__path__ = [os.path.join(ROOT, "txtai_muvera")]
     sys.modules.setdefault("txtai_muvera", package)
-    return importlib.import_module("txtai_muvera.models").ColBERT
+    return importlib.import_module("txtai_muvera.core.models").ColBERT
 
 
 def defaults(folder):

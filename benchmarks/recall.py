@@ -2,7 +2,7 @@
 Recall of MUVERA against exact MaxSim: the fraction of each query's exact MaxSim top 10 found in the FDE top N (N = 10..1000),
 for a grid of MUVERA settings and FDE index types, with dims and FDE bytes per document (size of the saved index files).
 
-Token matrices come from a txtai_muvera index built by txtai_muvera.evaluation (cached under benchmarks/output/cache, shared with
+Token matrices come from a txtai_muvera index built by txtai_muvera.tools.evaluation (cached under benchmarks/output/cache, shared with
 evaluate_standin.py): the FDEs of each setting are computed from the stored float16 tokens, so no document is re-encoded.
 
 Usage:
@@ -22,8 +22,8 @@ import numpy as np
 
 from evaluate_standin import OUTPUT, standin, stored
 from txtai_muvera import FDEIndex, Muvera, TokenStore
-from txtai_muvera.evaluation import BEIR, Run
-from txtai_muvera.pipeline import backend
+from txtai_muvera.tools.evaluation import BEIR, Run
+from txtai_muvera.glue.pipeline import backend
 
 # Candidate depths
 DEPTHS = (10, 20, 50, 100, 200, 500, 1000)

@@ -76,7 +76,7 @@ def build(args):
 
     # pylint: disable=C0415
     from txtai_muvera import MuveraIndex, Muvera
-    from txtai_muvera.batch import Encoded
+    from txtai_muvera.glue.batch import Encoded
 
     rng = np.random.default_rng(0)
     muvera = Muvera(repetitions=20, hashes=5, projection=16, seed=42, final=args.final)
@@ -153,7 +153,7 @@ def search(args):
 
     # pylint: disable=C0415
     from txtai_muvera import MuveraIndex, Muvera
-    from txtai_muvera.batch import Queries
+    from txtai_muvera.glue.batch import Queries
 
     with open(os.path.join(args.path, "header.json"), encoding="utf-8") as f:
         header = json.load(f)

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from txtai_muvera.maxsim import maxsim_flat
-from txtai_muvera.store import TokenStore
+from txtai_muvera.core.maxsim import maxsim_flat
+from txtai_muvera.core.store import TokenStore
 
 
 def median(function, runs=40):

@@ -1,5 +1,5 @@
 """
-Stand-in late-interaction checkpoint for offline quality runs: builds it (see txtai_muvera.standin) and checks that this
+Stand-in late-interaction checkpoint for offline quality runs: builds it (see txtai_muvera.tools.standin) and checks that this
 package's ColBERT and txtai's own late-interaction pooling both load it and agree.
 
 Usage:
@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from txtai_muvera.standin import build_standin
+from txtai_muvera.tools.standin import build_standin
 
 # Default output folder
 DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output", "standin")
@@ -31,7 +31,7 @@ def verify(path):
 
     # pylint: disable=C0415
     from txtai.models import PoolingFactory
-    from txtai_muvera.models import ColBERT, islateinteraction
+    from txtai_muvera.core.models import ColBERT, islateinteraction
 
     texts = ["what is late interaction retrieval?", "MUVERA reduces multi-vector retrieval to single-vector search.", "", "word " * 300]
     pooling = PoolingFactory.create({"path": path, "method": "latepooling", "device": -1, "modelargs": {"muvera": None}})

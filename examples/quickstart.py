@@ -19,7 +19,7 @@ from txtai import Embeddings
 
 import txtai_muvera
 
-from txtai_muvera.cli import main
+from txtai_muvera.tools.cli import main
 
 # Files next to this script and the cache folder for the stand-in checkpoint
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -17,21 +17,21 @@ from checkpoints import build_pylate_checkpoint, build_stanford_checkpoint
 
 
 @pytest.fixture(scope="session")
-def shared():
+def fixtures():
     """
-    Path to the shared read-only material (fixtures, data).
+    Path to the fixtures copied into the tests (the suite never reads ../shared, so it passes in a user's clone).
     """
 
-    return Path(__file__).resolve().parents[1].parent / "shared"
+    return Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def pylate_tiny(shared):
+def pylate_mini(fixtures):
     """
-    Path to the pylate-tiny parity fixture model.
+    Path to the pylate-mini parity fixture model (random ColBERT shaped like the seed model, with PyLate's own encodings).
     """
 
-    return shared / "fixtures" / "pylate-tiny" / "model"
+    return fixtures / "pylate-mini" / "model"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from txtai_muvera.ann import FDEIndex
+from txtai_muvera.core.ann import FDEIndex
 
 DIM = 64
 

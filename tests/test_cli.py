@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from txtai_muvera import ColBERT, Muvera, islateinteraction, standin
-from txtai_muvera.cli import main
+from txtai_muvera import ColBERT, Muvera, islateinteraction
+from txtai_muvera.tools import standin
+from txtai_muvera.tools.cli import main
 
 from checkpoints import build_pylate_checkpoint
 from texts import QUERIES, SENTENCES
@@ -20,7 +21,7 @@ from texts import QUERIES, SENTENCES
 TEXTS = SENTENCES
 
 
-# The stand-in's encoding settings (txtai_muvera.standin)
+# The stand-in's encoding settings (txtai_muvera.tools.standin)
 STANDIN = {"query_prefix": "", "document_prefix": "", "query_length": 32, "document_length": 180, "do_query_expansion": False, "skiplist_words": []}
 
 MUVERA = ["--repetitions", "4", "--hashes", "3", "--projection", "8", "--seed", "7"]
@@ -295,7 +296,7 @@ def test_standin(tmp_path, capsys, monkeypatch):
 
 
 def test_evaluate_wired(capsys):
-    present = importlib.util.find_spec("txtai_muvera.evaluation.cli") is not None
+    present = importlib.util.find_spec("txtai_muvera.tools.evaluation.cli") is not None
     capsys.readouterr()
     assert main(["--help"]) == 0
     assert ("evaluate" in capsys.readouterr().out) == present
@@ -307,7 +308,7 @@ def test_evaluate_wired(capsys):
 
 def test_subprocess(index, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "txtai_muvera.cli"]
+    command = [sys.executable, "-m", "txtai_muvera.tools.cli"]
     output = subprocess.run([*command, "info", str(index)], capture_output=True, text=True, check=False, env=env)
     assert output.returncode == 0 and "documents" in output.stdout, output.stderr
 

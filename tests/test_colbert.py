@@ -17,8 +17,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from checkpoints import build_pylate_checkpoint, build_stanford_checkpoint
 
-from txtai_muvera.models import ColBERT, islateinteraction
-from txtai_muvera.models.checkpoint import CheckpointError
+from txtai_muvera.core.models import ColBERT, islateinteraction
+from txtai_muvera.core.models.checkpoint import CheckpointError
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog.",
@@ -86,16 +86,16 @@ def check(actual, expected, tolerance=1e-5):
         assert np.abs(a - e).max(initial=0) <= tolerance, (x, np.abs(a - e).max())
 
 
-def test_pylate_parity(pylate_tiny):
+def test_pylate_parity(pylate_mini):
     """
-    Reproduces every matrix PyLate wrote to the pylate-tiny fixture, at several batch sizes.
+    Reproduces every matrix PyLate wrote to the pylate-mini fixture, at several batch sizes.
     """
 
-    expected = load_file(str(pylate_tiny.parent / "reference.safetensors"))
-    with open(pylate_tiny.parent / "reference.json", encoding="utf-8") as f:
+    expected = load_file(str(pylate_mini.parent / "reference.safetensors"))
+    with open(pylate_mini.parent / "reference.json", encoding="utf-8") as f:
         texts = json.load(f)
 
-    model = ColBERT(str(pylate_tiny), device="cpu")
+    model = ColBERT(str(pylate_mini), device="cpu")
     assert model.dim == 128
     for category, key, data in (("query", "query", texts["queries"]), ("data", "document", texts["documents"])):
         for batch in (1, 3, 32):
@@ -176,8 +176,8 @@ def test_batch_independence(pylate_checkpoint):
             check(model.encode(TEXTS[::-1], category, batch=batch), alone[::-1])
 
 
-@pytest.mark.parametrize("layout", ["pylate", "stanford", "tiny"])
-def test_txtai_compatible(pylate_checkpoint, stanford_checkpoint, pylate_tiny, layout):
+@pytest.mark.parametrize("layout", ["pylate", "stanford", "mini"])
+def test_txtai_compatible(pylate_checkpoint, stanford_checkpoint, pylate_mini, layout):
     """
     compatible=True equals txtai's own LatePooling on the same single-head checkpoint, live.
     """
@@ -185,7 +185,7 @@ def test_txtai_compatible(pylate_checkpoint, stanford_checkpoint, pylate_tiny, l
     # pylint: disable=C0415
     from txtai.models import PoolingFactory
 
-    path = str({"pylate": pylate_checkpoint, "stanford": stanford_checkpoint, "tiny": pylate_tiny}[layout])
+    path = str({"pylate": pylate_checkpoint, "stanford": stanford_checkpoint, "mini": pylate_mini}[layout])
     model = ColBERT(path, device="cpu", compatible=True, batch=3)
     assert model.settings["compatible"] and not model.settings["do_query_expansion"] and model.settings["skiplist_words"] == []
 
@@ -302,7 +302,7 @@ def test_hub_offline(monkeypatch):
     assert time.time() - start < 15
 
 
-def test_islateinteraction(tmp_path, pylate_checkpoint, stanford_checkpoint, pylate_tiny):
+def test_islateinteraction(tmp_path, pylate_checkpoint, stanford_checkpoint, pylate_mini):
     """
     Late-interaction detection follows txtai's PoolingFactory rule.
     """
@@ -321,7 +321,7 @@ def test_islateinteraction(tmp_path, pylate_checkpoint, stanford_checkpoint, pyl
     with open(pooled / "1_Pooling" / "config.json", "w", encoding="utf-8") as f:
         json.dump({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, f)
 
-    for path, expected in ((pylate_checkpoint, True), (stanford_checkpoint, True), (pylate_tiny, True), (plain, False), (pooled, False)):
+    for path, expected in ((pylate_checkpoint, True), (stanford_checkpoint, True), (pylate_mini, True), (plain, False), (pooled, False)):
         assert islateinteraction(str(path)) == expected, path
         assert (PoolingFactory.method(str(path)) == "latepooling") == expected, path
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from txtai_muvera import ColBERT
-from txtai_muvera.evaluation import BEIR, METRICS, Metrics, Report, Run, evaluate
-from txtai_muvera.evaluation import cli
+from txtai_muvera.tools.evaluation import BEIR, METRICS, Metrics, Report, Run, evaluate
+from txtai_muvera.tools.evaluation import cli
 
 from checkpoints import WORDS, build_pylate_checkpoint
 

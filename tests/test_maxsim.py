@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from txtai_muvera.maxsim import EMPTY, maxsim, maxsim_flat, maxsim_padded, rerank, topk
+from txtai_muvera.core.maxsim import EMPTY, maxsim, maxsim_flat, maxsim_padded, rerank, topk
 
 
 def loopscore(query, document):

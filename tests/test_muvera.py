@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from txtai.models.pooling.muvera import Muvera as TxtaiMuvera
 
-from txtai_muvera.muvera import Muvera
+from txtai_muvera.core.muvera import Muvera
 
 
 def loopencode(cloud, category, repetitions, hashes, projection, seed, fill, final):
@@ -141,12 +141,12 @@ def test_loop(repetitions, hashes, projection, fill, final, dim, seed):
             close(output, loopencode(cloud, category, repetitions, hashes, projection, seed, fill and category == "data", final))
 
 
-def test_golden(shared):
+def test_golden(fixtures):
     """
     Reproduces the independent golden vectors.
     """
 
-    path = shared / "fixtures" / "muvera-golden" / "muvera_golden.safetensors"
+    path = fixtures / "muvera-golden" / "muvera_golden.safetensors"
     with safe_open(str(path), framework="np") as tensors:
         cases = json.loads(tensors.metadata()["cases"])
         assert cases

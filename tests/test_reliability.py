@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from txtai import Embeddings
 
 from txtai_muvera import FDEIndex, MuveraIndex, TokenStore
-from txtai_muvera.models.hub import CheckpointError
+from txtai_muvera.core.models.hub import CheckpointError
 
 from checkpoints import build_pylate_checkpoint
 

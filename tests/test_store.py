@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from txtai_muvera.maxsim import maxsim, maxsim_flat
-from txtai_muvera.store import TokenStore
+from txtai_muvera.core.maxsim import maxsim, maxsim_flat
+from txtai_muvera.core.store import TokenStore
 
 DIM = 8
 

@@ -394,7 +394,7 @@ def test_subindex(checkpoint, tmp_path):
 def test_truncation_warning(checkpoint, caplog):
     # Documents cut at the model's document length (48 tokens here) are counted and reported
     embeddings = create(checkpoint)
-    with caplog.at_level("WARNING", logger="txtai_muvera.index"):
+    with caplog.at_level("WARNING", logger="txtai_muvera.glue.index"):
         embeddings.index(["short text", " ".join(["music"] * 200), " ".join(["history"] * 300)])
 
     assert "2 of 3 documents were cut at the model's document length (48 tokens)" in caplog.text

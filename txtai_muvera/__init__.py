@@ -5,16 +5,12 @@ Importing the package registers it with txtai, so `Embeddings(sparse=<late-inter
 with exact MaxSim re-ranking. `unregister()` undoes it.
 """
 
-from . import durable
-from .ann import FDEIndex
-from .index import MuveraIndex
-from .maxsim import maxsim, maxsim_flat, maxsim_padded, rerank, topk
-from .models import ColBERT, islateinteraction
-from .muvera import Muvera
-from .pipeline import Reranker
-from .registry import isregistered, register, unregister
-from .store import TokenStore
-from .vectors import LateVectors
+from .core import ColBERT, FDEIndex, Muvera, TokenStore, islateinteraction, maxsim, maxsim_flat, maxsim_padded, rerank, topk
+from .glue import durable
+from .glue.index import MuveraIndex
+from .glue.pipeline import Reranker
+from .glue.registry import isregistered, register, unregister
+from .glue.vectors import LateVectors
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ Info command: what an index holds and how it was built, read from its saved file
 import json
 import os
 
-from .. import files
+from ...core import files
 from .errors import UsageError
 
 

@@ -65,8 +65,8 @@ def run(args):
     from txtai import Embeddings
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
-    from .. import durable
-    from ..models import Checkpoint
+    from ...glue import durable
+    from ...core.models import Checkpoint
 
     documents = Documents(args.input, args.format)
     output = prepare(args.output, args.overwrite)

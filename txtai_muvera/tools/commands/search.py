@@ -43,7 +43,7 @@ def run(args):
     """
 
     # pylint: disable=C0415
-    from ..pipeline import Reranker
+    from ...glue.pipeline import Reranker
 
     if (args.query is None) == (args.queries is None):
         raise UsageError("search needs one query or --queries FILE (not both)")

@@ -8,10 +8,10 @@ from safetensors import SafetensorError
 from txtai.vectors import Vectors
 
 from .batch import Encoded, Queries
-from .models import ColBERT
-from .models.checkpoint import SETTINGS
-from .models.hub import CheckpointError
-from .muvera import Muvera
+from ..core.models import ColBERT
+from ..core.models.checkpoint import SETTINGS
+from ..core.models.hub import CheckpointError
+from ..core.muvera import Muvera
 
 
 class LateVectors(Vectors):

@@ -33,11 +33,11 @@ def run(args):
     """
 
     try:
-        module = importlib.import_module("txtai_muvera.standin")
+        module = importlib.import_module("txtai_muvera.tools.standin")
     except ModuleNotFoundError as error:
-        if error.name != "txtai_muvera.standin":
+        if error.name != "txtai_muvera.tools.standin":
             raise
-        raise UsageError("This txtai-muvera has no stand-in builder (txtai_muvera.standin)") from error
+        raise UsageError("This txtai-muvera has no stand-in builder (txtai_muvera.tools.standin)") from error
 
     try:
         path = module.build_standin(args.output) if args.output else module.build_standin()

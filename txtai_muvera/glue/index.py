@@ -12,10 +12,10 @@ import numpy as np
 
 from txtai.ann import ANN
 
-from . import files
-from .ann import FDEIndex
-from .maxsim import maxsim_flat, topk
-from .store import TokenStore
+from ..core import files
+from ..core.ann import FDEIndex
+from ..core.maxsim import maxsim_flat, topk
+from ..core.store import TokenStore
 
 logger = logging.getLogger(__name__)
 

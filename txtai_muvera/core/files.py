@@ -4,6 +4,7 @@ Files module: atomic directory saves and checked JSON headers, shared by every p
 
 import json
 import os
+import zlib
 import shutil
 import uuid
 
@@ -204,3 +205,23 @@ def remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.exists(path):
         os.remove(path)
+
+
+def digest(path, chunk=1 << 22):
+    """
+    CRC-32 of a file's bytes, read in chunks (fast enough to check at load; catches bit flips, not tampering).
+
+    Args:
+        path: file
+        chunk: bytes read at a time
+
+    Returns:
+        unsigned 32-bit checksum as int
+    """
+
+    value = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            value = zlib.crc32(block, value)
+
+    return value & 0xFFFFFFFF

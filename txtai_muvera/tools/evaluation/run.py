@@ -12,8 +12,8 @@ import torch
 
 from txtai import Embeddings
 
-from ..maxsim import maxsim_flat, topk
-from ..pipeline import Reranker, backend
+from ...core.maxsim import maxsim_flat, topk
+from ...glue.pipeline import Reranker, backend
 from .metrics import DEPTH
 
 # Evaluation modes: exact MaxSim over the whole corpus, MUVERA candidates re-ranked by exact MaxSim, MUVERA alone

@@ -4,7 +4,7 @@ Registry module: makes `Embeddings(sparse=<late-interaction checkpoint>)` build 
 
 from txtai.scoring import ScoringFactory
 
-from .models import islateinteraction
+from ..core.models import islateinteraction
 
 # Class paths written into saved configs: public API, never rename
 VECTORS = "txtai_muvera.LateVectors"

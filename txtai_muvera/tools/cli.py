@@ -14,7 +14,7 @@ from .commands import index, info, search, standin
 COMMANDS = {"index": index, "search": search, "info": info, "standin": standin}
 
 # Sub-commands from optional parts of the package, wired in when the module is present
-OPTIONAL = {"evaluate": "txtai_muvera.evaluation.cli"}
+OPTIONAL = {"evaluate": "txtai_muvera.tools.evaluation.cli"}
 
 # Exit status for user errors (argparse uses the same)
 USAGE = 2

@@ -6,7 +6,7 @@ Builds a PyLate-layout checkpoint from the all-MiniLM-L6-v2 weights shipped insi
 own late-interaction detection recognises it too. Empty prefixes, no query expansion, no skiplist, [CLS]/[SEP] kept,
 query length 32 and document length 180 (both counting special tokens).
 
-Build it with `txtai-muvera standin OUTPUT_DIR` or `txtai_muvera.standin.build_standin(path)`.
+Build it with `txtai-muvera standin OUTPUT_DIR` or `txtai_muvera.tools.standin.build_standin(path)`.
 """
 
 import importlib.util

@@ -7,7 +7,7 @@ import uuid
 
 from txtai import Embeddings
 
-from .files import remove, replacedir, restore, sync, syncdir
+from ..core.files import remove, replacedir, restore, sync, syncdir
 
 # Archive suffixes txtai's Embeddings.save writes as one compressed file
 ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")

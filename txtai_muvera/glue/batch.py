@@ -6,7 +6,7 @@ import tempfile
 
 import numpy as np
 
-from .store import TokenStore
+from ..core.store import TokenStore
 
 
 class Queries(np.ndarray):

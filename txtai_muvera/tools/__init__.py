@@ -1,0 +1,3 @@
+"""
+Tools: the command line, BEIR evaluation and the offline stand-in builder
+"""
