@@ -2,16 +2,48 @@
 txtai-muvera: ColBERT-style late-interaction retrieval for txtai at single-vector cost.
 
 Importing the package registers it with txtai, so `Embeddings(sparse=<late-interaction checkpoint>)` builds a MUVERA index
-with exact MaxSim re-ranking. `unregister()` undoes it.
+with exact MaxSim re-ranking. `unregister()` undoes it. The package imports txtai only when one of its txtai classes is used:
+`txtai_muvera.core` (encoder, MUVERA, MaxSim, token store, FDE indexes) never imports it.
 """
 
-from .core import ColBERT, FDEIndex, Muvera, TokenStore, islateinteraction, maxsim, maxsim_flat, maxsim_padded, rerank, topk
-from .glue import durable
-from .glue.index import MuveraIndex
-from .glue.pipeline import Reranker
+import importlib
+
 from .glue.registry import isregistered, register, unregister
-from .glue.vectors import LateVectors
 
 __version__ = "0.1.0"
+
+# Public names and the module that defines each, imported on first use
+EXPORTS = {
+    "ColBERT": "core",
+    "FDEIndex": "core",
+    "Muvera": "core",
+    "TokenStore": "core",
+    "islateinteraction": "core",
+    "maxsim": "core",
+    "maxsim_flat": "core",
+    "maxsim_padded": "core",
+    "rerank": "core",
+    "topk": "core",
+    "SearchOptions": "core.options",
+    "MuveraScoring": "glue.scoring",
+    "Reranker": "glue.pipeline",
+    "LateVectors": "glue.legacy",
+    "MuveraIndex": "glue.legacy",
+    "durable": "glue",
+    "transaction": "glue",
+}
+
+
+def __getattr__(name):
+    if name in EXPORTS:
+        module = importlib.import_module(f".{EXPORTS[name]}", __name__)
+        return getattr(module, name) if hasattr(module, name) else importlib.import_module(f".{EXPORTS[name]}.{name}", __name__)
+
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *EXPORTS])
+
 
 register()

@@ -2,6 +2,8 @@
 Options module: per-call search knobs, carried as one object from the caller to the storage engine
 """
 
+import numbers
+
 from dataclasses import dataclass, fields, replace
 
 
@@ -25,8 +27,10 @@ class SearchOptions:
     def __post_init__(self):
         for name in ("candidates", "efsearch", "nprobe"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, int(value))
         if self.rerank is not None and not isinstance(self.rerank, bool):
             raise ValueError(f"rerank must be True, False or None, got {self.rerank!r}")
 

@@ -6,7 +6,8 @@ from contextlib import nullcontext
 
 from txtai.pipeline import Pipeline
 
-from .index import MuveraIndex
+from ..core.options import SearchOptions
+from .scoring import MuveraScoring
 
 
 class Reranker(Pipeline):
@@ -57,8 +58,8 @@ class Reranker(Pipeline):
         # An application serialises searches with its writes (txtai's database is not thread-safe for writes)
         with self.application.lock if self.application else nullcontext():
             embeddings = self.embeddings if self.embeddings is not None else self.application.embeddings if self.application else None
-            index = backend(embeddings)
-            with index.options(rerank=rerank, **options):
+            scoring = backend(embeddings)
+            with scoring.searching(SearchOptions(rerank=rerank, **options)):
                 results = embeddings.batchsearch(queries, limit, **kwargs)
 
         return results[0] if isinstance(query, str) else results
@@ -72,14 +73,14 @@ def backend(embeddings):
         embeddings: Embeddings instance
 
     Returns:
-        MuveraIndex
+        MuveraScoring
     """
 
-    index = getattr(getattr(embeddings, "scoring", None), "ann", None)
-    if not isinstance(index, MuveraIndex):
+    scoring = getattr(embeddings, "scoring", None)
+    if not isinstance(scoring, MuveraScoring):
         raise ValueError(
             "Reranker needs an Embeddings index built by txtai-muvera: Embeddings(sparse=<late-interaction checkpoint>) "
-            f"after `import txtai_muvera`; this one has sparse index backend {type(index).__name__}"
+            f"after `import txtai_muvera`; this one has scoring {type(scoring).__name__}"
         )
 
-    return index
+    return scoring

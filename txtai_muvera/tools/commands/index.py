@@ -84,7 +84,7 @@ def run(args):
 
     # Save next to the output and swap it in: a failed run leaves an existing index as it was
     durable.save(embeddings, output)
-    index = embeddings.scoring.ann
+    index = embeddings.scoring
     summary = {
         "output": output,
         "documents": embeddings.count(),

@@ -58,8 +58,8 @@ def describe(path):
 
     config = readconfig(path)
     scoring = config.get("scoring") or {}
-    if scoring.get("backend") != "txtai_muvera.MuveraIndex":
-        raise UsageError(f"{path} is a txtai index but not a txtai-muvera one (sparse backend: {scoring.get('backend')})")
+    if scoring.get("method") != "txtai_muvera.MuveraScoring" and scoring.get("backend") != "txtai_muvera.MuveraIndex":
+        raise UsageError(f"{path} is a txtai index but not a txtai-muvera one (scoring method: {scoring.get('method')})")
 
     header = readjson(os.path.join(path, "scoring", "header.json"))
     tokens = readjson(os.path.join(path, "scoring", "tokens", "header.json"))

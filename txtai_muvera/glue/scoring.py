@@ -1,0 +1,456 @@
+"""
+MuveraScoring module: the txtai scoring class of the package, a late-interaction index searched by MUVERA and re-ranked by
+exact MaxSim over the token matrices stored at index time
+"""
+
+import logging
+import threading
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from safetensors import SafetensorError
+from txtai.scoring import Scoring
+
+from ..core import files, schema, storage
+from ..core.maxsim import maxsim_flat, topk
+from ..core.models import ColBERT
+from ..core.models.checkpoint import SETTINGS
+from ..core.models.hub import CheckpointError
+from ..core.muvera import Muvera
+from ..core.options import SearchOptions
+from ..core.staged import Staged
+
+logger = logging.getLogger(__name__)
+
+# Class path written into saved configs: public API, never rename
+CLASS = "txtai_muvera.MuveraScoring"
+
+# Saved index format: version 1 was written by 0.1.0 (same files, fewer settings in the header)
+FORMAT, VERSIONS = "txtai-muvera-index", (1, 2)
+
+
+class MuveraScoring(Scoring):
+    """
+    Late-interaction index for txtai, used as a sparse index (`terms: true`). It owns the encoder, the MUVERA encoder and a
+    storage engine (FDEs + token matrices). Every write is staged and committed all at once: `insert` encodes a batch in the
+    caller's thread under the index ids txtai passes, `delete` stages removals, and `index` / `upsert` commit. A write that
+    raises leaves the committed index exactly as it was.
+
+    Scores: re-ranked results carry MaxSim (each query token's best match, averaged over query tokens, in [-1, 1]); FDE-only
+    results carry the FDE inner product divided by repetitions x query tokens, an estimate on the same scale. txtai drops every
+    result whose score is <= 0, so scores pass through `positive`, which keeps their order.
+    """
+
+    def __init__(self, config=None, models=None):
+        super().__init__(config)
+
+        # One schema checks every setting before anything is built; txtai treats a scoring config with terms as a sparse index
+        schema.check(self.config)
+        self.config["terms"] = True
+
+        self.encoder = self.loadmodel()
+        self.muvera = Muvera(**self.config.get("muvera", {}))
+        self.dim = self.encoder.dim
+        self.configure()
+
+        # Committed storage engine (None until the first index), the staged write and per-thread search options
+        self.storage = None
+        self.staged, self.deletes = None, []
+        self.local = threading.local()
+
+    def insert(self, documents, index=None, checkpoint=None):
+        try:
+            ids, texts = self.texts(documents, index or 0)
+            if self.staged is None:
+                self.staged = Staged(self.dim, "float32" if self.config["tokens"] == "float32" else "float16")
+
+            for start in range(0, len(texts), self.config["batch"]):
+                chunk = texts[start : start + self.config["batch"]]
+                matrices = self.encoder.encode(chunk, "data")
+                truncated = self.encoder.truncated
+                fdes = self.muvera(matrices, "data")
+                if self.config["pool"] > 1:
+                    from ..core.pooling import pool
+
+                    matrices = pool(matrices, self.config["pool"])
+                self.staged.add(ids[start : start + len(chunk)], fdes, matrices, truncated)
+
+        except BaseException:
+            self.rollback()
+            raise
+
+    def delete(self, ids):
+        # Staged: inside an upsert, txtai deletes replaced documents before their new versions are encoded
+        self.deletes.extend(int(x) for x in ids)
+
+    def index(self, documents=None):
+        if documents:
+            self.insert(documents)
+
+        staged, self.staged, self.deletes = self.staged or self.empty(), None, []
+        try:
+            engine = storage.create(self.config["backend"], self.config, self.config["dimensions"], self.dim)
+            engine.apply(np.zeros(0, dtype=np.int64), staged)
+        finally:
+            staged.close()
+
+        self.warn(staged)
+        previous, self.storage = self.storage, engine
+        if previous is not None and previous is not engine:
+            previous.close()
+
+    def upsert(self, documents=None):
+        if documents:
+            self.insert(documents)
+
+        if self.storage is None:
+            self.index()
+            return
+
+        staged, deletes, self.staged, self.deletes = self.staged or self.empty(), self.deletes, None, []
+        try:
+            self.storage.apply(np.array(deletes, dtype=np.int64), staged)
+        finally:
+            staged.close()
+
+        self.warn(staged)
+
+    def rollback(self):
+        """
+        Drops the staged write: documents encoded and deletes staged since the last commit. Called when a write fails.
+        """
+
+        if self.staged is not None:
+            self.staged.close()
+        self.staged, self.deletes = None, []
+
+    def settle(self):
+        """
+        Runs before every read. A write still staged here was abandoned (txtai raised before committing it): drop it. Deletes
+        staged without documents come from `Embeddings.delete`, which never commits: apply them.
+        """
+
+        if self.staged is not None:
+            self.rollback()
+        elif self.deletes and self.storage is not None:
+            deletes, self.deletes = np.array(self.deletes, dtype=np.int64), []
+            self.storage.apply(deletes, self.empty())
+
+    def weights(self, tokens):
+        return None
+
+    def search(self, query, limit=3):
+        return self.batchsearch([query], limit)[0]
+
+    def batchsearch(self, queries, limit=3, threads=True):
+        """
+        Searches: MUVERA candidates, then exact MaxSim over their stored tokens (unless re-ranking is off).
+
+        Args:
+            queries: query texts
+            limit: maximum results per query
+            threads: unused
+
+        Returns:
+            list of (index id, score) per query, best first
+        """
+
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+
+        self.settle()
+        queries = list(queries)
+        for x, query in enumerate(queries):
+            if not isinstance(query, str):
+                raise TypeError(f"Query {x} is {type(query).__name__} {shorten(query)}, expected str")
+
+        options = self.options()
+        if not limit or not queries or not self.count():
+            return [[] for _ in queries]
+
+        tokens = self.encoder.encode(queries, "query")
+        fdes = self.muvera(tokens, "query")
+        rerank = options.rerank if options.rerank is not None else self.config["rerank"]
+        candidates = max(options.candidates or self.config["candidates"], limit) if rerank else limit
+        scores, ids = self.storage.search(fdes, candidates, options)
+
+        results = []
+        for x, (row, uids) in enumerate(zip(scores, ids)):
+            valid = uids >= 0
+            row, uids = row[valid], uids[valid]
+            if rerank and len(uids):
+                exact = maxsim_flat(tokens[x], *self.storage.gather(uids))
+                order = topk(exact, limit)[0]
+                results.append([(int(uids[i]), positive(exact[i])) for i in order])
+            else:
+                # The FDE inner product estimates the MaxSim sum over query tokens in every repetition
+                scale = self.muvera.repetitions * max(len(tokens[x]), 1)
+                results.append([(int(uid), positive(score / scale)) for uid, score in zip(uids[:limit], row[:limit])])
+
+        return results
+
+    @contextmanager
+    def searching(self, options):
+        """
+        Sets per-call search options for the current thread, for the duration of the block (txtai's search has no route for
+        extra arguments).
+
+        Args:
+            options: SearchOptions
+        """
+
+        previous = getattr(self.local, "options", SearchOptions())
+        self.local.options = previous.update(options)
+        try:
+            yield
+        finally:
+            self.local.options = previous
+
+    def options(self):
+        """
+        Returns:
+            SearchOptions of the current thread
+        """
+
+        return getattr(self.local, "options", SearchOptions())
+
+    def count(self):
+        self.settle()
+        return self.storage.count() if self.storage is not None else 0
+
+    def load(self, path):
+        # Recover from a crash between the two renames of a save, then check the header against the config
+        files.restore(path)
+        header = files.readjson(f"{path}/header.json", "txtai-muvera index header")
+        if header.get("format") != FORMAT or header.get("version") not in VERSIONS:
+            raise ValueError(
+                f"{path}/header.json is not a txtai-muvera index this version reads (format {header.get('format')!r}, version "
+                f"{header.get('version')!r}; reads {FORMAT!r} versions {VERSIONS}): rebuild the index with this version"
+            )
+        for key in ("dimensions", "fingerprint"):
+            if self.config.get(key) is not None and header.get(key) is not None and header.get(key) != self.config.get(key):
+                raise ValueError(f"Index at {path} was built with {key} {header.get(key)!r} but the config says {self.config.get(key)!r}")
+
+        engine = storage.create(self.config["backend"], self.config, self.config["dimensions"], self.dim)
+        engine.load(path)
+        if engine.count() != header["documents"]:
+            raise ValueError(f"Index at {path} is inconsistent: header says {header['documents']} documents, storage has {engine.count()}")
+
+        self.storage = engine
+
+    def save(self, path):
+        """
+        Saves to a directory at path: written to a new sibling directory first and swapped in by renames, so a crash mid-save
+        leaves the previous save loadable and files that a loaded index memory-maps are never written over.
+
+        Args:
+            path: output directory
+        """
+
+        self.settle()
+        if self.storage is None:
+            raise ValueError("This late-interaction index holds nothing to save: no index() call has completed on it")
+
+        temp = files.tempdir(path)
+        try:
+            self.storage.save(temp)
+            header = {
+                "format": FORMAT,
+                "version": VERSIONS[-1],
+                "documents": self.storage.count(),
+                "dimensions": self.config["dimensions"],
+                "fingerprint": self.config["fingerprint"],
+                "backend": self.config["backend"],
+                "tokens": self.config["tokens"],
+                "pool": self.config["pool"],
+            }
+            files.writeheader(temp, header)
+            files.replacedir(temp, path)
+        except BaseException:
+            files.remove(temp)
+            raise
+
+    def close(self):
+        self.rollback()
+        if self.storage is not None:
+            self.storage.close()
+        self.storage, self.encoder = None, None
+
+    def issparse(self):
+        return True
+
+    def isnormalized(self):
+        # Scores are on the MaxSim scale: txtai must not rescale them, and hybrid search fuses them by a convex mix
+        return True
+
+    def isbayes(self):
+        return False
+
+    @property
+    def store(self):
+        """
+        Returns:
+            token store of the file engine (None for other engines)
+        """
+
+        return getattr(self.storage, "store", None)
+
+    @property
+    def fdes(self):
+        """
+        Returns:
+            FDE index of the file engine (None for other engines)
+        """
+
+        return getattr(self.storage, "fdes", None)
+
+    def loadmodel(self):
+        """
+        Loads the late-interaction encoder named by the config, checking it against the fingerprint of a saved index.
+
+        Returns:
+            ColBERT
+        """
+
+        path = self.config["path"]
+        try:
+            model = ColBERT(path, **self.config.get("vectors", {}))
+        except CheckpointError:
+            raise
+        except (RuntimeError, OSError, SafetensorError) as error:
+            # Weights that do not match their config fail deep inside transformers or safetensors: name the checkpoint
+            raise ValueError(f"Cannot load checkpoint at {path}: {type(error).__name__}: {str(error)[:500]}") from error
+
+        checkheads(model, path)
+
+        # A saved index must be searched with the model that built it: the checkpoint at path may have changed since
+        fingerprint = self.config.get("fingerprint")
+        if fingerprint and fingerprint != model.fingerprint:
+            raise ValueError(
+                f"Checkpoint at {path} has fingerprint {model.fingerprint!r} but this index was built with {fingerprint!r}: "
+                "load the index with the checkpoint that built it, or rebuild the index"
+            )
+
+        return model
+
+    def configure(self):
+        """
+        Writes the resolved model and MUVERA settings into the config, so the saved config.json says how the index was built.
+        """
+
+        vectors = {key: value for key, value in self.encoder.settings.items() if key in SETTINGS}
+        vectors["compatible"] = self.encoder.compatible
+        self.config["vectors"] = {**self.config.get("vectors", {}), **vectors}
+        self.config["muvera"] = self.muvera.config
+        self.config["fingerprint"] = self.encoder.fingerprint
+        self.config["dim"] = self.dim
+        self.config["dimensions"] = self.muvera.dimensions(self.dim)
+
+    def texts(self, documents, index):
+        """
+        Index ids and texts of a batch, numbered like txtai's document database numbers its sections: from the batch offset,
+        one id per document whose text is not None. Every text is checked before any is encoded.
+
+        Args:
+            documents: list of (id, data, tags)
+            index: index id of the batch's first section
+
+        Returns:
+            (int64 ids, texts)
+        """
+
+        ids, texts = [], []
+        for uid, document, _ in documents:
+            if isinstance(document, dict):
+                document = document.get(self.text) if self.text in document else document.get(self.object)
+
+            if document is None:
+                continue
+
+            text = " ".join(document) if isinstance(document, list) and all(isinstance(x, str) for x in document) else document
+            if not isinstance(text, str):
+                raise TypeError(f"Document {uid!r} has {type(text).__name__} text {shorten(text)}, expected str")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"Document {uid!r} has text that is not valid Unicode ({error.reason} at {error.start}): {shorten(text)}") from error
+
+            ids.append(index)
+            texts.append(text)
+            index += 1
+
+        return np.array(ids, dtype=np.int64), texts
+
+    def empty(self):
+        """
+        Returns:
+            an empty Staged
+        """
+
+        return Staged(self.dim)
+
+    def warn(self, staged):
+        """
+        Tokens past the model's document length are not indexed: say so, since MaxSim never sees them.
+
+        Args:
+            staged: committed Staged
+        """
+
+        if staged.truncated:
+            length = self.config["vectors"].get("document_length")
+            logger.warning("%d of %d documents were cut at the model's document length (%s tokens)", staged.truncated, len(staged), length)
+
+
+def positive(score):
+    """
+    Maps a score to a strictly positive value with the same order, so that txtai keeps every result: positive scores move by
+    less than 1e-6, scores <= 0 land in (0, 5e-7].
+
+    Args:
+        score: MaxSim-scaled score
+
+    Returns:
+        float
+    """
+
+    score = float(score)
+    return max(score, 0.0) + 1e-6 / (1.0 + np.exp(-score)) if np.isfinite(score) else 1e-12
+
+
+def checkheads(model, path):
+    """
+    Checks that the projection heads of a loaded checkpoint chain from the backbone's hidden size, so that a checkpoint with
+    mismatched dimensions fails at load with a message naming them instead of deep inside torch at the first encoding.
+
+    Args:
+        model: ColBERT
+        path: checkpoint path, for the message
+    """
+
+    size = int(model.model.config.hidden_size)
+    for x, (weight, _, residual, _) in enumerate(model.heads):
+        if weight.ndim != 2 or weight.shape[1] != size or (residual is not None and tuple(residual.shape) != tuple(weight.shape)):
+            raise ValueError(
+                f"Checkpoint at {path} has projection head {x} with weight shape {tuple(weight.shape)}, "
+                f"expected (dim, {size}) to follow a layer of size {size}"
+            )
+        size = int(weight.shape[0])
+
+
+def shorten(value, length=40):
+    """
+    Short printable form of a value for error messages.
+
+    Args:
+        value: any value
+        length: maximum characters
+
+    Returns:
+        str
+    """
+
+    text = repr(value)
+    return text if len(text) <= length else f"{text[:length]}..."
