@@ -63,10 +63,13 @@ class PGVectorStorage(Storage):
 
         super().__init__(config, dimensions, dim)
 
-        # Settings live in the "pgvector" sub-dict when given the whole scoring config
-        settings = config.get("pgvector") if isinstance(config.get("pgvector"), dict) else config
-        self.settings = settings
-        self.codec = self.setting("tokens", config.get("tokens", "float16"))
+        # Settings live in the scoring config's "pgvector" sub-dict
+        if config.get("pgvector") is None:
+            config["pgvector"] = {}
+        if not isinstance(config["pgvector"], dict):
+            raise TypeError(f"pgvector must be a dict of options, got {config['pgvector']!r}")
+        settings = self.settings = config["pgvector"]
+        self.codec = config.get("tokens", "float16")
         if self.codec not in CODECS:
             raise ValueError(f"Unknown tokens {self.codec!r} for the pgvector backend, accepted: {', '.join(CODECS)}")
 
@@ -228,10 +231,13 @@ class PGVectorStorage(Storage):
         if self.fresh:
             self.apply(np.zeros(0, dtype=np.int64), [])
 
+        # Data lives in the database: the folder holds only what the table must match
+        path = os.path.join(path, "pgvector")
         os.makedirs(path, exist_ok=True)
         writeheader(path, {"format": FORMAT, "version": VERSION, **self.layout()})
 
     def load(self, path):
+        path = os.path.join(path, "pgvector")
         header = readheader(os.path.join(path, "header.json"), "pgvector storage", FORMAT, VERSION)
         self.check(header, f"Saved pgvector storage at {path}")
 
