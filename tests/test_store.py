@@ -171,7 +171,7 @@ def test_atomic(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="'bfloat16'.*float16, float32, int8"):
+    with pytest.raises(ValueError, match="'bfloat16'.*float32, float16, int8, residual, pq"):
         TokenStore(DIM, "bfloat16")
 
     rng = np.random.default_rng(4)

@@ -2,59 +2,79 @@
 TokenStore module
 """
 
+import errno
 import mmap as mmapmodule
 import os
 import tempfile
 
 import numpy as np
 
+from . import codecs as codecmodule
 from . import files
 
-# Saved format name and version, checked at load
-FORMAT, VERSION = "txtai-muvera-tokenstore", 1
+# Saved format name and versions: version 1 is the float32 / float16 / int8 layout (tokens.npy, scale.npy), still written for
+# those codecs so that older readers load them; version 2 adds trained codecs (their parts and state files)
+FORMAT, VERSION, VERSIONS = "txtai-muvera-tokenstore", 2, (1, 2)
 
-# Accepted storage types
+# Storage types of the version 1 layout
 DTYPES = ("float16", "float32", "int8")
+
+# Documents copied per chunk when saving and transcoding
+CHUNK = 4096
 
 
 class TokenStore:
     """
     Stores one token matrix per document, flat, addressed by integer ids (txtai index ids).
 
-    Rows live in two segments: a read-only base (memory-mapped after load) and an in-memory tail that grows with
-    amortised doubling. Each live document has a global start row and a length, so gathering any set of documents is one
-    vectorised index operation. Deleting only drops the bookkeeping; dead rows are reclaimed when the store is saved.
+    Rows are encoded by a codec (codecs.CODECS: float32, float16, int8, residual, pq) into named parts with one row per token.
+    Each part lives in two segments: a read-only base (memory-mapped after load) and an in-memory tail that grows with amortised
+    doubling. Each live document has a global start row and a length, so gathering any set of documents is one vectorised index
+    operation. Deleting only drops the bookkeeping; dead rows are reclaimed when the store is saved.
 
-    int8 storage keeps a float32 scale per token row: scale = max|x| / 127 (1 for zero rows), q = round(x / scale).
+    Trained codecs (residual, pq) must be trained before the first add (`train`, or `transcode` from another store); the trained
+    state is kept for every later add, so stored codes never change (see codecs.Residual).
     """
 
-    def __init__(self, dim, dtype="float16", spill=False):
+    def __init__(self, dim, codec="float16", spill=False, dtype=None, **options):
         """
         Creates an empty store.
 
         Args:
             dim: token dimension
-            dtype: storage type, one of float16, float32, int8
-            spill: keep the tail rows in an unnamed, memory-mapped temporary file instead of anonymous memory, so that a large
-                   indexing pass is bounded by disk rather than RAM (the kernel writes the pages back under memory pressure)
+            codec: codec name, a key of codecs.CODECS (float32, float16, int8, residual, pq)
+            spill: keep the tail rows in unnamed temporary files, preallocated and memory-mapped, so that a large indexing pass is
+                   bounded by disk rather than RAM (the kernel writes the pages back under memory pressure)
+            dtype: former name of codec (float16, float32, int8), still accepted
+            options: codec options (residual: centroids, bits, buckets, iterations, seed; pq: m)
         """
 
-        if dtype not in DTYPES:
-            raise ValueError(f"Unknown token store dtype {dtype!r}, accepted: {', '.join(DTYPES)}")
-        if int(dim) <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim}")
+        if dtype is not None:
+            if codec not in ("float16", dtype):
+                raise ValueError(f"Give codec or its former name dtype, not both: codec {codec!r}, dtype {dtype!r}")
+            codec = dtype
 
-        self.dim, self.dtype = int(dim), dtype
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
 
-        # Temporary file that backs the tail when spilling
-        self.spill, self.spillfile = bool(spill), None
+        # "dtype" in the message: the storage type's name since 0.1.0, which callers match on
+        if not isinstance(codec, codecmodule.Codec) and (not isinstance(codec, str) or codec not in codecmodule.CODECS):
+            raise ValueError(f"Unknown token store dtype {codec!r}, accepted codecs: {', '.join(codecmodule.CODECS)}")
+
+        self.dim = int(dim)
+        self.codec = codec if isinstance(codec, codecmodule.Codec) else codecmodule.create(codec, self.dim, **options)
+        if self.codec.dim != self.dim:
+            raise ValueError(f"Codec dim {self.codec.dim} does not match store dim {self.dim}")
+
+        # Temporary files that back the tail parts when spilling
+        self.spill, self.spillfiles = bool(spill), {}
 
         # True when the base segment is memory-mapped from a saved store
         self.mmap = False
 
-        # Segments: base rows [0, len(base)), tail rows [len(base), len(base) + size)
-        self.base, self.basescale = np.zeros((0, self.dim), dtype=dtype), np.zeros(0, np.float32) if dtype == "int8" else None
-        self.tail, self.tailscale, self.size = self.base, self.basescale, 0
+        # Segments per part: base rows [0, rows(base)), tail rows [rows(base), rows(base) + size)
+        self.base = self.empty()
+        self.tail, self.size = self.base, 0
 
         # Live documents in insertion order: ids, global start rows and lengths
         self.docids, self.starts, self.lengths = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -62,13 +82,48 @@ class TokenStore:
         # Lookup: sorted ids and their positions, rebuilt lazily when ids are not added in increasing order
         self.lookup, self.directory = None, None
 
+    @property
+    def dtype(self):
+        """
+        Returns:
+            dtype name of the tokens gather returns: the codec name for float32 / float16 / int8, float32 for decoded codecs
+        """
+
+        return self.codec.name if self.codec.native else "float32"
+
+    @property
+    def trained(self):
+        """
+        Returns:
+            True when the codec can encode (always for float32 / float16 / int8)
+        """
+
+        return self.codec.trained
+
+    def train(self, sample):
+        """
+        Trains the codec on a sample of token rows. Only an empty store can be trained: stored codes depend on the trained state.
+
+        Args:
+            sample: float32 (n, dim) token rows, e.g. TokenStore.sample of a float16 pass
+        """
+
+        if self.rows() or self.size:
+            raise RuntimeError(f"Token store already holds {len(self)} documents encoded with the current {self.codec.name!r} state: train before adding")
+
+        self.codec.train(sample)
+
+        # Part types can depend on the trained state (e.g. the width of centroid ids)
+        self.base = self.empty()
+        self.tail, self.spillfiles = self.base, {}
+
     def add(self, ids, matrices):
         """
         Adds token matrices for new ids.
 
         Args:
             ids: sequence of int, ids not already live in this store
-            matrices: list of (t, dim) float arrays, t may be 0
+            matrices: list of (t, dim) float arrays with finite values, t may be 0
         """
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -77,12 +132,14 @@ class TokenStore:
         unique, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(f"Duplicate ids in batch: {unique[counts > 1][:10].tolist()}")
+        if not self.trained:
+            raise RuntimeError(f"Token codec {self.codec.name!r} is not trained: call train(sample) first, or build with TokenStore.transcode")
 
         live = ids[self.positions(ids) >= 0]
         if len(live):
             raise ValueError(f"Ids already in the token store: {live[:10].tolist()}")
 
-        # Validate shapes before changing anything
+        # Validate shapes and values before changing anything
         arrays = []
         for uid, matrix in zip(ids.tolist(), matrices):
             matrix = np.asarray(matrix, dtype=np.float32)
@@ -93,14 +150,18 @@ class TokenStore:
 
         lengths = np.array([len(x) for x in arrays], dtype=np.int64)
         rows = np.concatenate(arrays) if arrays else np.zeros((0, self.dim), np.float32)
-        tokens, scale = self.encode(rows)
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(bad), side="right")]
+            raise ValueError(f"Token matrices of ids {np.unique(owners)[:10].tolist()} contain NaN or infinite values: token values must be finite")
+
+        codes = self.codec.encode(rows)
 
         # Append to tail, growing capacity geometrically so many small batches stay linear
-        start = len(self.base) + self.size
+        start = self.rows() + self.size
         self.reserve(self.size + len(rows))
-        self.tail[self.size : self.size + len(rows)] = tokens
-        if scale is not None:
-            self.tailscale[self.size : self.size + len(rows)] = scale
+        for name, array in codes.items():
+            self.tail[name][self.size : self.size + len(rows)] = array
         self.size += len(rows)
 
         # Bookkeeping, keep lookup incremental when ids keep increasing (txtai's case)
@@ -114,13 +175,14 @@ class TokenStore:
 
     def gather(self, ids):
         """
-        Gathers documents in flat form, for maxsim_flat.
+        Gathers documents in flat form, for maxsim_flat. float32 / float16 / int8 rows come back as stored; other codecs decode
+        the whole block to float32.
 
         Args:
             ids: sequence of live ids
 
         Returns:
-            (tokens (T, dim) in the stored dtype, offsets (len(ids) + 1,) int64, scale (T,) float32 or None)
+            (tokens (T, dim), offsets (len(ids) + 1,) int64, scale (T,) float32 for int8, None otherwise)
         """
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -132,23 +194,21 @@ class TokenStore:
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
 
-        # Global row of every output row, then split between base and tail segments
+        # Global row of every output row
         rows = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
-        inbase = rows < len(self.base)
+        codes = self.take(rows)
 
-        # Common cases take rows from one segment with a single take
-        base = len(self.base)
-        if inbase.all() or not inbase.any():
-            tokens, scale, rows = (self.base, self.basescale, rows) if inbase.all() else (self.tail, self.tailscale, rows - base)
-            tokens = np.take(tokens, rows, axis=0)
-            scale = np.take(scale, rows) if scale is not None else None
-        else:
-            tokens = np.empty((len(rows), self.dim), dtype=self.dtype)
-            tokens[inbase], tokens[~inbase] = self.base[rows[inbase]], self.tail[rows[~inbase] - base]
-            scale = None
-            if self.dtype == "int8":
-                scale = np.empty(len(rows), dtype=np.float32)
-                scale[inbase], scale[~inbase] = self.basescale[rows[inbase]], self.tailscale[rows[~inbase] - base]
+        if not self.codec.native:
+            return self.codec.decode(codes), offsets, None
+
+        # Stored floats are checked on the way out: files written by older versions carry no checksums
+        tokens, scale = codes["tokens"], codes.get("scale")
+        values = scale if scale is not None else tokens
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+            if bad.any():
+                owners = ids[np.searchsorted(offsets[1:], np.flatnonzero(bad), side="right")]
+                raise ValueError(f"Stored tokens of ids {np.unique(owners)[:10].tolist()} are NaN or infinite: the token store is corrupt")
 
         return tokens, offsets, scale
 
@@ -166,6 +226,61 @@ class TokenStore:
         tokens, _, scale = self.gather([uid])
         tokens = tokens.astype(np.float32)
         return tokens * scale[:, None] if scale is not None else tokens
+
+    def sample(self, count, seed=42):
+        """
+        Draws token rows uniformly from the live documents, decoded to float32: the training sample for a codec.
+
+        Args:
+            count: rows wanted (all live rows when fewer)
+            seed: random seed
+
+        Returns:
+            float32 (min(count, tokens), dim)
+        """
+
+        total = self.tokens
+        picks = np.sort(np.random.default_rng(seed).choice(total, size=min(int(count), total), replace=False))
+
+        # Live row number -> document -> global row, all vectorised
+        ends = np.cumsum(self.lengths)
+        documents = np.searchsorted(ends, picks, side="right")
+        rows = self.starts[documents] + picks - (ends[documents] - self.lengths[documents])
+
+        codes = self.take(rows)
+        return self.codec.decode(codes).astype(np.float32, copy=False)
+
+    @classmethod
+    def transcode(cls, source, codec="residual", sample=65536, seed=42, spill=None, **options):
+        """
+        Builds a new store with another codec from a source store: trains the codec on `sample` token rows drawn from the source,
+        then copies every live document (ids and insertion order kept). The indexing pass spills float16 tokens first and
+        transcodes them once it has seen enough of the corpus to train on.
+
+        Args:
+            source: TokenStore
+            codec: codec name
+            sample: training rows drawn from the source
+            seed: sampling seed
+            spill: spill the new store's tail to disk, defaults to the source's setting
+            options: codec options
+
+        Returns:
+            TokenStore
+        """
+
+        store = cls(source.dim, codec, spill=source.spill if spill is None else spill, **options)
+        if not store.trained:
+            store.train(source.sample(sample, seed))
+
+        ids = source.ids
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            tokens, offsets, scale = source.gather(chunk)
+            tokens = tokens.astype(np.float32) * scale[:, None] if scale is not None else tokens.astype(np.float32, copy=False)
+            store.add(chunk, np.split(tokens, offsets[1:-1]))
+
+        return store
 
     def delete(self, ids):
         """
@@ -219,25 +334,27 @@ class TokenStore:
     @property
     def nbytes(self):
         """
-        Bytes held by token rows and scales, dead rows included until the next save.
+        Bytes held by stored token rows (codes, scales), dead rows included until the next save. Codec state is not counted.
 
         Returns:
             int
         """
 
-        rows = len(self.base) + self.size
-        return rows * self.dim * np.dtype(self.dtype).itemsize + (rows * 4 if self.dtype == "int8" else 0)
+        return (self.rows() + self.size) * self.codec.bytes
 
     def save(self, path):
         """
         Saves the store to the directory path, dropping dead rows.
 
-        Atomic protocol: everything is written into a new temporary sibling directory (header.json, tokens.npy,
-        offsets.npy, ids.npy, scale.npy for int8) and flushed to disk. If path exists, it is renamed to a backup sibling,
-        the temporary directory is renamed to path, then the backup is removed. No existing file is ever written to, so a
-        store that memory-maps the previous files keeps reading them (on POSIX, unlinked files stay readable while mapped).
-        A crash before the first rename leaves the previous save intact; a crash between the two renames leaves it in
-        the backup sibling ".<name>.old-<id>", which load names in its error.
+        Atomic protocol: everything is written into a new temporary sibling directory (header.json, one .npy per codes part,
+        offsets.npy, ids.npy and one codec-<name>.npy per trained state array) and flushed to disk. If path exists, it is
+        renamed to a backup sibling, the temporary directory is renamed to path, then the backup is removed. No existing file is
+        ever written to, so a store that memory-maps the previous files keeps reading them (on POSIX, unlinked files stay
+        readable while mapped). A crash before the first rename leaves the previous save intact; a crash between the two
+        renames leaves it in the backup sibling ".<name>.old-<id>", which load names in its error.
+
+        Arrays are written with plain, checked file writes (never through a memory map), so a full disk raises OSError and
+        leaves this store as it was. header.json records the CRC-32 of every array file; load verifies them.
 
         Args:
             path: directory path
@@ -247,40 +364,30 @@ class TokenStore:
         ids = self.docids
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=offsets[1:])
+        count = int(offsets[-1])
 
         tmp = files.tempdir(path)
         try:
-            # Tokens (and int8 scales) are copied in chunks of documents into memory-mapped .npy files: saving never holds a
-            # second copy of the store in memory
-            tokens = np.lib.format.open_memmap(os.path.join(tmp, "tokens.npy"), mode="w+", dtype=self.dtype, shape=(int(offsets[-1]), self.dim))
-            scale = (
-                np.lib.format.open_memmap(os.path.join(tmp, "scale.npy"), mode="w+", dtype=np.float32, shape=(int(offsets[-1]),))
-                if self.dtype == "int8"
-                else None
-            )
-            for start in range(0, len(ids), 4096):
-                rows, _, scales = self.gather(ids[start : start + 4096])
-                tokens[offsets[start] : offsets[start] + len(rows)] = rows
-                if scale is not None:
-                    scale[offsets[start] : offsets[start] + len(rows)] = scales
+            # Codes parts are copied a chunk of documents at a time: saving never holds a second copy of the store in memory
+            parts = self.codec.parts()
+            handles = {name: openarray(os.path.join(tmp, f"{name}.npy"), dtype, (count,) + shape) for name, (dtype, shape) in parts.items()}
+            try:
+                for start in range(0, len(ids), CHUNK):
+                    positions = self.positions(ids[start : start + CHUNK])
+                    lengths = self.lengths[positions]
+                    rows = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(self.starts[positions] - (np.cumsum(lengths) - lengths), lengths)
+                    for name, array in self.take(rows).items():
+                        handles[name].write(memoryview(np.ascontiguousarray(array, dtype=parts[name][0])).cast("B"))
+            finally:
+                for handle in handles.values():
+                    handle.close()
 
-            for array in [tokens, scale]:
-                if array is not None:
-                    array.flush()
-
-            for name, array in {"offsets.npy": offsets, "ids.npy": ids}.items():
+            arrays = {"offsets.npy": offsets, "ids.npy": ids, **{f"codec-{name}.npy": array for name, array in self.codec.state().items()}}
+            for name, array in arrays.items():
                 np.save(os.path.join(tmp, name), np.ascontiguousarray(array), allow_pickle=False)
 
-            header = {
-                "format": FORMAT,
-                "version": VERSION,
-                "dim": self.dim,
-                "dtype": self.dtype,
-                "documents": int(len(ids)),
-                "tokens": int(len(tokens)),
-                "scale": "int8 rows: value = int8 * scale[row], scale = max|x| / 127 (1 for zero rows)" if scale is not None else None,
-            }
-            files.writeheader(tmp, header)
+            names = [f"{name}.npy" for name in parts] + list(arrays)
+            files.writeheader(tmp, self.header(len(ids), count, {name: files.digest(os.path.join(tmp, name)) for name in names}))
 
             files.replacedir(tmp, path)
         except BaseException:
@@ -289,21 +396,52 @@ class TokenStore:
 
         # Continue from the compacted arrays: memory-map the new files when this store was memory-mapped or spilled to disk,
         # read them into memory otherwise
-        tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r" if self.mmap or self.spill else None, allow_pickle=False)
-        if self.mmap or self.spill:
-            randomaccess(tokens)
-        scale = np.array(scale) if scale is not None else None
-        self.mmap = self.mmap or self.spill
-        self.reset(tokens, scale, ids, offsets)
+        mmap = self.mmap or self.spill
+        parts = {name: np.load(os.path.join(path, f"{name}.npy"), mmap_mode="r" if mmap else None, allow_pickle=False) for name in parts}
+        if mmap:
+            for array in parts.values():
+                randomaccess(array)
+        self.mmap = mmap
+        self.reset(parts, ids, offsets)
+
+    def header(self, documents, tokens, checksums):
+        """
+        Builds the saved header. float32 / float16 / int8 stores keep the version 1 layout and version number, so that readers
+        of that version still load them (they ignore the added keys).
+
+        Args:
+            documents: saved documents
+            tokens: saved token rows
+            checksums: {file name: CRC-32}
+
+        Returns:
+            dict
+        """
+
+        native = self.codec.name in DTYPES
+        return {
+            "format": FORMAT,
+            "version": 1 if native else VERSION,
+            "dim": self.dim,
+            "dtype": self.codec.name if native else None,
+            "codec": self.codec.config,
+            "bytes": self.codec.bytes,
+            "documents": int(documents),
+            "tokens": int(tokens),
+            "scale": "int8 rows: value = int8 * scale[row], scale = max|x| / 127 (1 for zero rows)" if self.codec.name == "int8" else None,
+            "state": sorted(self.codec.state()),
+            "checksums": checksums,
+        }
 
     @classmethod
-    def load(cls, path, mmap=True):
+    def load(cls, path, mmap=True, verify=True):
         """
-        Loads a store saved with save. Header and array shapes are checked before the arrays are trusted.
+        Loads a store saved with save. Header, checksums and array shapes are checked before the arrays are trusted.
 
         Args:
             path: directory path
-            mmap: memory-map the token array read-only if True, read it into memory otherwise
+            mmap: memory-map the codes arrays read-only if True, read them into memory otherwise
+            verify: check every array file against the CRC-32 recorded in the header (a full read of each file)
 
         Returns:
             TokenStore
@@ -317,38 +455,51 @@ class TokenStore:
             raise FileNotFoundError(f"Token store directory not found: {path}{hint}")
 
         header = readheader(os.path.join(path, "header.json"))
-        store = cls(header["dim"], header["dtype"])
+        codec = codecmodule.create(header["dtype"], header["dim"]) if header["version"] == 1 else codecmodule.fromconfig(header["codec"], header["dim"])
         documents, count = header["documents"], header["tokens"]
 
-        tokens = readarray(os.path.join(path, "tokens.npy"), (count, store.dim), store.dtype, mmap)
+        # Checksums first: a flipped bit must fail here, naming the file, before any value is trusted
+        checksums = header.get("checksums")
+        names = [f"{name}.npy" for name in codec.parts()] + ["offsets.npy", "ids.npy"] + [f"codec-{name}.npy" for name in header.get("state", [])]
+        if verify and checksums is not None:
+            for name in names:
+                file = os.path.join(path, name)
+                if name not in checksums:
+                    raise ValueError(f"Token store header {os.path.join(path, 'header.json')} has no checksum for {name}")
+                if os.path.isfile(file) and files.digest(file) != checksums[name]:
+                    raise ValueError(f"Checksum mismatch in token store file {file}: the file is corrupt (changed or damaged after it was saved)")
+
+        if header.get("state"):
+            codec.restore({name: readarray(os.path.join(path, f"codec-{name}.npy"), None, "float32", False) for name in header["state"]})
+        elif not codec.trained:
+            raise ValueError(f"Token store {path} uses codec {codec.name!r} but holds no trained state")
+
+        parts = {name: readarray(os.path.join(path, f"{name}.npy"), (count,) + shape, dtype, mmap) for name, (dtype, shape) in codec.parts().items()}
         offsets = readarray(os.path.join(path, "offsets.npy"), (documents + 1,), "int64", False)
         ids = readarray(os.path.join(path, "ids.npy"), (documents,), "int64", False)
-        scale = readarray(os.path.join(path, "scale.npy"), (count,), "float32", False) if store.dtype == "int8" else None
 
         if offsets[0] != 0 or offsets[-1] != count or np.any(np.diff(offsets) < 0):
             raise ValueError(f"Corrupt offsets in {os.path.join(path, 'offsets.npy')}: must rise from 0 to {count}")
         if len(np.unique(ids)) != len(ids):
             raise ValueError(f"Corrupt ids in {os.path.join(path, 'ids.npy')}: duplicate ids")
 
-        store.reset(tokens, scale, ids, offsets)
+        store = cls(header["dim"], codec)
+        store.reset(parts, ids, offsets)
         store.mmap = mmap
         return store
 
-    def reset(self, tokens, scale, ids, offsets):
+    def reset(self, parts, ids, offsets):
         """
         Replaces the contents with a compact base segment.
 
         Args:
-            tokens: (T, dim) tokens in the stored dtype
-            scale: (T,) float32 or None
+            parts: {part name: codes array}
             ids: (n,) int64 ids, in insertion order
             offsets: (n + 1,) int64 row boundaries
         """
 
-        self.base, self.basescale = tokens, scale
-        self.tail, self.spillfile = np.zeros((0, self.dim), dtype=self.dtype), None
-        self.tailscale = np.zeros(0, np.float32) if self.dtype == "int8" else None
-        self.size = 0
+        self.base = parts
+        self.tail, self.spillfiles, self.size = self.empty(), {}, 0
 
         self.docids = np.array(ids, dtype=np.int64)
         self.starts, self.lengths = np.array(offsets[:-1], dtype=np.int64), np.diff(offsets).astype(np.int64)
@@ -356,48 +507,76 @@ class TokenStore:
         if np.any(np.diff(self.docids) <= 0):
             self.sortlookup()
 
-    def encode(self, rows):
+    def empty(self):
         """
-        Converts float32 rows to the stored dtype.
+        Returns:
+            {part name: empty array} for the codec's parts
+        """
+
+        return {name: np.zeros((0,) + shape, dtype=dtype) for name, (dtype, shape) in self.codec.parts().items()}
+
+    def rows(self):
+        """
+        Returns:
+            rows in the base segment
+        """
+
+        return len(next(iter(self.base.values())))
+
+    def take(self, rows):
+        """
+        Takes global rows from the base and tail segments of every part.
 
         Args:
-            rows: (t, dim) float32
+            rows: int64 global rows
 
         Returns:
-            (tokens, scale), scale is None unless dtype is int8
+            {part name: array (len(rows), *row shape)}
         """
 
-        if self.dtype != "int8":
-            return rows.astype(self.dtype), None
+        base = self.rows()
+        inbase = rows < base
 
-        scale = (np.abs(rows).max(axis=1) / 127).astype(np.float32) if len(rows) else np.zeros(0, np.float32)
-        scale[scale == 0] = 1.0
-        return np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8), scale
+        # Common cases take rows from one segment with a single take
+        if inbase.all() or not inbase.any():
+            segment, rows = (self.base, rows) if inbase.all() else (self.tail, rows - base)
+            return {name: np.take(array, rows, axis=0) for name, array in segment.items()}
+
+        codes = {}
+        for name, array in self.base.items():
+            codes[name] = np.empty((len(rows),) + array.shape[1:], dtype=array.dtype)
+            codes[name][inbase], codes[name][~inbase] = array[rows[inbase]], self.tail[name][rows[~inbase] - base]
+
+        return codes
 
     def reserve(self, size):
         """
-        Makes sure the tail segment can hold size rows, doubling its capacity as needed.
+        Makes sure the tail segment can hold size rows, doubling its capacity as needed. When spilling, the files are
+        preallocated before they are mapped: a full disk fails here with OSError instead of killing the process with SIGBUS when
+        a mapped page cannot be written back. On any error the tail stays as it was.
 
         Args:
             size: rows needed
         """
 
-        if size > len(self.tail):
-            capacity = max(size, 2 * len(self.tail), 1024)
+        current = len(next(iter(self.tail.values())))
+        if size <= current:
+            return
+
+        capacity = max(size, 2 * current, 1024)
+        tail, spillfiles = {}, {}
+        for name, (dtype, shape) in self.codec.parts().items():
             if self.spill:
                 # Grow the file and map it again: rows already written stay in the file, nothing is copied
-                if self.spillfile is None or not self.size:
-                    self.spillfile = tempfile.TemporaryFile()
-                self.spillfile.truncate(capacity * self.dim * np.dtype(self.dtype).itemsize)
-                self.tail = np.memmap(self.spillfile, dtype=self.dtype, mode="r+", shape=(capacity, self.dim))
+                handle = self.spillfiles.get(name) if self.size else None
+                handle = handle or tempfile.TemporaryFile()
+                preallocate(handle, capacity * np.dtype(dtype).itemsize * int(np.prod(shape)))
+                tail[name], spillfiles[name] = np.memmap(handle, dtype=dtype, mode="r+", shape=(capacity,) + shape), handle
             else:
-                tail = np.empty((capacity, self.dim), dtype=self.dtype)
-                tail[: self.size] = self.tail[: self.size]
-                self.tail = tail
-            if self.dtype == "int8":
-                scale = np.empty(capacity, dtype=np.float32)
-                scale[: self.size] = self.tailscale[: self.size]
-                self.tailscale = scale
+                tail[name] = np.empty((capacity,) + shape, dtype=dtype)
+                tail[name][: self.size] = self.tail[name][: self.size]
+
+        self.tail, self.spillfiles = tail, spillfiles
 
     def positions(self, ids):
         """
@@ -444,12 +623,23 @@ def readheader(path):
         header dict
     """
 
-    header = files.readheader(path, "token store", FORMAT, VERSION)
-    if header.get("dtype") not in DTYPES:
+    header = files.readjson(path, "token store header")
+    if header.get("format") != FORMAT:
+        raise ValueError(f"Not a token store header {path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") not in VERSIONS:
+        raise ValueError(f"token store at {path} has version {header.get('version')!r}; this txtai-muvera reads versions 1 and 2")
+
+    if header["version"] == 1 and header.get("dtype") not in DTYPES:
         raise ValueError(f"Unknown dtype {header.get('dtype')!r} in {path}, accepted: {', '.join(DTYPES)}")
+    if header["version"] == 2 and not isinstance(header.get("codec"), dict):
+        raise ValueError(f"Missing codec config in {path}")
+    if header["version"] == 2 and not isinstance(header.get("checksums"), dict):
+        raise ValueError(f"Missing checksums in {path}")
     for key in ("dim", "documents", "tokens"):
-        if not isinstance(header.get(key), int) or header[key] < (1 if key == "dim" else 0):
+        if isinstance(header.get(key), bool) or not isinstance(header.get(key), int) or header[key] < (1 if key == "dim" else 0):
             raise ValueError(f"Invalid {key} {header.get(key)!r} in {path}")
+    if not isinstance(header.get("state", []), list) or not all(isinstance(x, str) and x.isidentifier() for x in header.get("state", [])):
+        raise ValueError(f"Invalid state list {header.get('state')!r} in {path}")
 
     return header
 
@@ -460,7 +650,7 @@ def readarray(path, shape, dtype, mmap):
 
     Args:
         path: .npy path
-        shape: expected shape
+        shape: expected shape, None to accept any
         dtype: expected dtype
         mmap: memory-map read-only if True
 
@@ -478,10 +668,64 @@ def readarray(path, shape, dtype, mmap):
     if mmap:
         randomaccess(array)
 
-    if array.shape != shape or array.dtype != np.dtype(dtype):
-        raise ValueError(f"Token store file {path} holds {array.dtype}{array.shape}, header says {dtype}{shape}")
+    if (shape is not None and array.shape != shape) or array.dtype != np.dtype(dtype):
+        raise ValueError(f"Token store file {path} holds {array.dtype}{array.shape}, header says {dtype}{shape or ''}")
 
     return array
+
+
+def openarray(path, dtype, shape):
+    """
+    Creates a .npy file with its header written, open for appending the rows with plain writes.
+
+    Args:
+        path: .npy path
+        dtype: array dtype
+        shape: full array shape
+
+    Returns:
+        open binary file
+    """
+
+    handle = open(path, "wb")
+    try:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(int(x) for x in shape)}
+        np.lib.format.write_array_header_1_0(handle, header)
+    except BaseException:
+        handle.close()
+        raise
+
+    return handle
+
+
+def preallocate(handle, size):
+    """
+    Makes sure a file has size bytes with its disk blocks allocated, so that writes through a memory map cannot fail later.
+
+    Args:
+        handle: open file
+        size: bytes
+    """
+
+    descriptor = handle.fileno()
+    current = os.fstat(descriptor).st_size
+    if size <= current:
+        return
+
+    try:
+        os.posix_fallocate(descriptor, current, size - current)
+        return
+    except AttributeError:
+        pass
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+
+    # No fallocate on this platform or file system: write zeros, each write checked
+    os.lseek(descriptor, current, os.SEEK_SET)
+    block = bytes(1 << 20)
+    while current < size:
+        current += os.write(descriptor, block[: min(len(block), size - current)])
 
 
 def randomaccess(array):

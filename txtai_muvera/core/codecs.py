@@ -1,0 +1,549 @@
+"""
+Codecs module: how token rows are stored (plain floats, int8, residual or product quantization codes) and decoded for MaxSim
+"""
+
+import numpy as np
+
+
+class Codec:
+    """
+    Turns float32 token rows into fixed-width codes and back. Codes are a dict of named parts, each an array with one row per
+    token: `parts()` names them with their dtype and row shape, and the token store keeps, gathers and saves each part as is.
+
+    A codec that needs training (`trained` False) learns its state (centroids, codebooks) from a sample of the corpus tokens.
+    The state is kept when documents are added later: stored codes stay valid and nothing is re-encoded (see Residual).
+
+    Adding a codec is a new subclass plus one line in CODECS.
+    """
+
+    # Codec name (key in CODECS), option defaults and whether maxsim_flat scores the parts directly (no decode)
+    name, defaults, native = None, {}, False
+
+    def __init__(self, dim, **options):
+        """
+        Creates a codec.
+
+        Args:
+            dim: token dimension
+            options: codec options, see the subclass's defaults
+        """
+
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            accepted = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"Unknown option {unknown[0]!r} for codec {self.name!r}, accepted: {accepted}")
+
+        self.dim, self.options = int(dim), {**self.defaults, **options}
+
+    @property
+    def trained(self):
+        """
+        Returns:
+            True when the codec can encode
+        """
+
+        return True
+
+    def train(self, sample):
+        """
+        Learns the codec state from a sample of token rows. Fixed codecs need nothing.
+
+        Args:
+            sample: float32 (n, dim) token rows
+        """
+
+    def parts(self):
+        """
+        Returns:
+            {part name: (dtype name, row shape)} of the codes
+        """
+
+        raise NotImplementedError
+
+    def encode(self, rows):
+        """
+        Encodes token rows.
+
+        Args:
+            rows: float32 (n, dim), finite
+
+        Returns:
+            {part name: array (n, *row shape)}
+        """
+
+        raise NotImplementedError
+
+    def decode(self, codes):
+        """
+        Decodes a block of codes, vectorised over all its rows.
+
+        Args:
+            codes: {part name: array (n, *row shape)}
+
+        Returns:
+            float32 (n, dim)
+        """
+
+        raise NotImplementedError
+
+    @property
+    def config(self):
+        """
+        Returns:
+            JSON-able dict: the codec name and its resolved options
+        """
+
+        return {"name": self.name, **self.options}
+
+    def state(self):
+        """
+        Returns:
+            {name: array} learned state, saved next to the codes (empty for fixed codecs)
+        """
+
+        return {}
+
+    def restore(self, state):
+        """
+        Restores a learned state saved with state(), checking shapes and values.
+
+        Args:
+            state: {name: array}
+        """
+
+    @property
+    def bytes(self):
+        """
+        Returns:
+            bytes per stored token row
+        """
+
+        return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for dtype, shape in self.parts().values())
+
+    def checksample(self, sample, minimum=1):
+        """
+        Checks a training sample.
+
+        Args:
+            sample: array-like (n, dim)
+            minimum: fewest rows accepted
+
+        Returns:
+            float32 (n, dim) array
+        """
+
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if sample.ndim != 2 or sample.shape[1] != self.dim:
+            raise ValueError(f"Training sample for codec {self.name!r} has shape {sample.shape}, expected (rows, {self.dim})")
+        if len(sample) < minimum:
+            raise ValueError(f"Codec {self.name!r} needs at least {minimum} training token rows, got {len(sample)}")
+        if not np.isfinite(sample).all():
+            raise ValueError(f"Training sample for codec {self.name!r} contains NaN or infinite values")
+
+        return sample
+
+    def checkstate(self, state, shapes):
+        """
+        Checks state arrays against their expected shapes and converts them to float32.
+
+        Args:
+            state: {name: array}
+            shapes: {name: expected shape}
+
+        Returns:
+            {name: float32 array}
+        """
+
+        arrays = {}
+        for name, shape in shapes.items():
+            if name not in state:
+                raise ValueError(f"Codec {self.name!r} state is missing {name!r}")
+            array = np.ascontiguousarray(state[name], dtype=np.float32)
+            if array.shape != tuple(shape) or not np.isfinite(array).all():
+                raise ValueError(f"Codec {self.name!r} state {name!r} has shape {array.shape}, expected {tuple(shape)} with finite values")
+            arrays[name] = array
+
+        return arrays
+
+
+class Float(Codec):
+    """
+    Plain floating point rows, scored as stored by maxsim_flat.
+    """
+
+    native, dtype = True, None
+
+    def parts(self):
+        return {"tokens": (self.dtype, (self.dim,))}
+
+    def encode(self, rows):
+        return {"tokens": rows.astype(self.dtype)}
+
+    def decode(self, codes):
+        return codes["tokens"].astype(np.float32)
+
+
+class Float32(Float):
+    """
+    float32 rows: 4 bytes per value, exact.
+    """
+
+    name = dtype = "float32"
+
+
+class Float16(Float):
+    """
+    float16 rows: 2 bytes per value.
+    """
+
+    name = dtype = "float16"
+
+
+class Int8(Codec):
+    """
+    int8 rows with a float32 scale per row: scale = max|x| / 127 (1 for zero rows), q = round(x / scale), value = q * scale.
+    """
+
+    name, native = "int8", True
+
+    def parts(self):
+        return {"tokens": ("int8", (self.dim,)), "scale": ("float32", ())}
+
+    def encode(self, rows):
+        scale = (np.abs(rows).max(axis=1) / 127).astype(np.float32) if len(rows) else np.zeros(0, np.float32)
+        scale[scale == 0] = 1.0
+        return {"tokens": np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8), "scale": scale}
+
+    def decode(self, codes):
+        return codes["tokens"].astype(np.float32) * codes["scale"][:, None]
+
+
+class Residual(Codec):
+    """
+    ColBERTv2 / PLAID residual compression: each token row is stored as the id of its nearest k-means centroid plus its residual
+    (row - centroid) quantised to `bits` bits per dimension.
+
+    Buckets are learned per dimension from the residuals of the training sample: "quantile" puts the 2^bits buckets at equal
+    shares of the residual distribution and decodes each to the median of its share (PLAID's recipe, per dimension instead of one
+    set for all dimensions); "uniform" splits the 0.1-99.9th percentile range into equal steps and decodes to their midpoints.
+
+    The trained state is kept when documents are added after training (upserts): every stored code stays valid and no document
+    is re-encoded or re-trained. The cost is drift: tokens unlike the training sample get larger residuals, clipped to the outer
+    buckets, so their reconstruction error grows. Rebuild (or transcode into a freshly trained store) when the corpus changes
+    character.
+    """
+
+    name = "residual"
+    defaults = {"centroids": None, "bits": 2, "buckets": "quantile", "iterations": 20, "seed": 42}
+
+    def __init__(self, dim, **options):
+        super().__init__(dim, **options)
+
+        options = self.options
+        if options["bits"] not in (1, 2, 4) or isinstance(options["bits"], bool):
+            raise ValueError(f"Residual bits must be 1, 2 or 4, got {options['bits']!r}")
+        if options["buckets"] not in ("quantile", "uniform"):
+            raise ValueError(f"Residual buckets must be 'quantile' or 'uniform', got {options['buckets']!r}")
+        for key in ("centroids", "iterations", "seed"):
+            value, low = options[key], 0 if key == "seed" else 1
+            if (value is not None or key != "centroids") and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
+                raise ValueError(f"Residual {key} must be an integer >= {low}{' or None' if key == 'centroids' else ''}, got {value!r}")
+            options[key] = int(value) if value is not None else None
+
+        # Learned state: centroids (k, dim), bucket cutoffs (levels - 1, dim) and decoded values (levels, dim); derived: the
+        # centroid assignment index and the byte lookup table used to decode
+        self.centroids, self.cutoffs, self.weights, self.index, self.table = None, None, None, None, None
+
+    @property
+    def trained(self):
+        return self.centroids is not None
+
+    def train(self, sample):
+        # pylint: disable=C0415
+        import faiss
+
+        sample = self.checksample(sample)
+
+        # ColBERTv2 sizes k as a power of two near 16 * sqrt(tokens); capped so every centroid sees >= 39 rows (faiss's minimum)
+        k = self.options["centroids"]
+        if k is None:
+            k = 1 << int(np.log2(max(1.0, min(16 * np.sqrt(len(sample)), len(sample) / 39))))
+        if k > len(sample):
+            raise ValueError(f"Residual centroids ({k}) must not exceed the training rows ({len(sample)})")
+
+        kmeans = faiss.Kmeans(self.dim, k, niter=self.options["iterations"], seed=self.options["seed"], verbose=False)
+        kmeans.train(sample)
+        self.setcentroids(kmeans.centroids)
+        self.options["centroids"] = k
+
+        # Buckets from the sample's residuals, per dimension
+        residuals = sample - self.centroids[self.assign(sample)]
+        levels = 1 << self.options["bits"]
+        if self.options["buckets"] == "quantile":
+            self.cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).astype(np.float32)
+            self.weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).astype(np.float32)
+        else:
+            low, high = np.quantile(residuals, [0.001, 0.999], axis=0)
+            step = (high - low) / levels
+            self.cutoffs = (low + step * np.arange(1, levels)[:, None]).astype(np.float32)
+            self.weights = (low + step * (np.arange(levels)[:, None] + 0.5)).astype(np.float32)
+
+        self.settable()
+
+    def parts(self):
+        # Centroid ids in the narrowest unsigned type, residual indexes packed 8 / bits to a byte
+        k = self.options["centroids"]
+        kind = "uint8" if k is not None and k <= 1 << 8 else "uint16" if k is None or k <= 1 << 16 else "uint32"
+        return {"codes": (kind, ()), "residuals": ("uint8", (-(-self.dim * self.options["bits"] // 8),))}
+
+    def encode(self, rows):
+        self.checktrained()
+        codes = self.assign(rows)
+        residuals = rows - self.centroids[codes]
+
+        # Bucket index per value: count the cutoffs below it (2^bits - 1 comparisons over the whole block)
+        indexes = np.zeros(residuals.shape, dtype=np.uint8)
+        for cutoff in self.cutoffs:
+            indexes += residuals > cutoff
+
+        return {"codes": codes.astype(self.parts()["codes"][0]), "residuals": self.pack(indexes)}
+
+    def decode(self, codes):
+        self.checktrained()
+
+        # One table lookup per packed byte gives the decoded residuals of all the dimensions it holds
+        packed = codes["residuals"]
+        width = packed.shape[1]
+        residuals = np.take(self.table, packed + np.arange(0, 256 * width, 256, dtype=np.intp), axis=0).reshape(len(packed), -1)
+
+        tokens = np.take(self.centroids, codes["codes"].astype(np.intp), axis=0)
+        tokens += residuals[:, : self.dim]
+        return tokens
+
+    def state(self):
+        return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights} if self.trained else {}
+
+    def restore(self, state):
+        k, levels = self.options["centroids"], 1 << self.options["bits"]
+        if k is None:
+            raise ValueError("Residual codec config has no centroids count: the codec was saved untrained")
+
+        state = self.checkstate(state, {"centroids": (k, self.dim), "cutoffs": (levels - 1, self.dim), "weights": (levels, self.dim)})
+        self.setcentroids(state["centroids"])
+        self.cutoffs, self.weights = state["cutoffs"], state["weights"]
+        self.settable()
+
+    def setcentroids(self, centroids):
+        """
+        Sets the centroids and builds the exact L2 index that assigns rows to them.
+
+        Args:
+            centroids: float32 (k, dim)
+        """
+
+        # pylint: disable=C0415
+        import faiss
+
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.index = faiss.IndexFlatL2(self.dim)
+        self.index.add(self.centroids)
+
+    def settable(self):
+        """
+        Builds the decode table: for packed byte position j and byte value b, the decoded residuals of the 8 / bits dimensions
+        that byte holds, shape (width * 256, 8 / bits).
+        """
+
+        bits = self.options["bits"]
+        per = 8 // bits
+        width = -(-self.dim // per)
+
+        # Weights padded with zero columns up to the packed width, then looked up for every byte value
+        weights = np.zeros((len(self.weights), width * per), dtype=np.float32)
+        weights[:, : self.dim] = self.weights
+        indexes = self.unpack(np.arange(256, dtype=np.uint8)[:, None], per)
+        columns = np.arange(width)[:, None] * per + np.arange(per)
+        self.table = np.ascontiguousarray(weights[indexes[None], columns[:, None]].reshape(width * 256, per))
+
+    def assign(self, rows):
+        """
+        Nearest centroid of each row.
+
+        Args:
+            rows: float32 (n, dim)
+
+        Returns:
+            int64 (n,) centroid ids
+        """
+
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64)
+
+        _, ids = self.index.search(np.ascontiguousarray(rows, dtype=np.float32), 1)
+        return ids[:, 0]
+
+    def pack(self, indexes):
+        """
+        Packs bucket indexes (n, dim) < 2^bits into bytes, 8 / bits values per byte, low bits first.
+
+        Args:
+            indexes: uint8 (n, dim)
+
+        Returns:
+            uint8 (n, ceil(dim * bits / 8))
+        """
+
+        bits = self.options["bits"]
+        per = 8 // bits
+        width = -(-self.dim // per)
+
+        padded = np.zeros((len(indexes), width * per), dtype=np.uint8)
+        padded[:, : self.dim] = indexes
+        shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+        return np.bitwise_or.reduce(padded.reshape(len(indexes), width, per) << shifts, axis=2).astype(np.uint8)
+
+    def unpack(self, packed, dim=None):
+        """
+        Inverse of pack.
+
+        Args:
+            packed: uint8 (n, width)
+            dim: values kept per row, defaults to the codec's dim
+
+        Returns:
+            uint8 (n, dim) bucket indexes
+        """
+
+        bits = self.options["bits"]
+        per = 8 // bits
+        shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+        indexes = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
+        return indexes.reshape(len(packed), -1)[:, : dim or self.dim]
+
+    def checktrained(self):
+        """
+        Raises an error when the codec has no trained state.
+        """
+
+        if not self.trained:
+            raise RuntimeError(f"Codec {self.name!r} is not trained: train it on a sample of token rows first")
+
+
+class PQ(Codec):
+    """
+    Product quantization (faiss.ProductQuantizer): each row is split into m sub-vectors, each stored as the id (1 byte) of its
+    nearest of 256 sub-centroids learned on the training sample. m bytes per token; m must divide dim. The trained codebooks are
+    kept on upsert, as for Residual.
+    """
+
+    name = "pq"
+    defaults = {"m": None}
+
+    # Sub-quantizer bits: one byte per sub-vector
+    NBITS = 8
+
+    def __init__(self, dim, **options):
+        super().__init__(dim, **options)
+
+        m = self.options["m"]
+        if m is None:
+            # Default: 4-dim sub-vectors (dim / 4 bytes per token), or the largest divisor of dim not above dim / 4
+            m = max(x for x in range(1, max(1, self.dim // 4) + 1) if self.dim % x == 0)
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 or self.dim % m:
+            divisors = [x for x in range(1, self.dim + 1) if self.dim % x == 0]
+            raise ValueError(f"PQ m must be a divisor of dim {self.dim}, got {m!r}, accepted: {', '.join(map(str, divisors))}")
+
+        self.options["m"] = int(m)
+        self.codebooks, self.quantizer = None, None
+
+    @property
+    def trained(self):
+        return self.codebooks is not None
+
+    def train(self, sample):
+        # pylint: disable=C0415
+        import faiss
+
+        sample = self.checksample(sample, 1 << self.NBITS)
+        quantizer = faiss.ProductQuantizer(self.dim, self.options["m"], self.NBITS)
+        quantizer.train(sample)
+
+        m, ksub = self.options["m"], 1 << self.NBITS
+        self.codebooks = faiss.vector_to_array(quantizer.centroids).reshape(m, ksub, self.dim // m).astype(np.float32)
+        self.quantizer = quantizer
+
+    def parts(self):
+        return {"codes": ("uint8", (self.options["m"],))}
+
+    def encode(self, rows):
+        if not self.trained:
+            raise RuntimeError(f"Codec {self.name!r} is not trained: train it on a sample of token rows first")
+
+        codes = self.quantizer.compute_codes(np.ascontiguousarray(rows, dtype=np.float32)) if len(rows) else np.zeros((0, self.options["m"]), np.uint8)
+        return {"codes": codes}
+
+    def decode(self, codes):
+        if not self.trained:
+            raise RuntimeError(f"Codec {self.name!r} is not trained: train it on a sample of token rows first")
+
+        # (n, m) codes index each sub-quantizer's codebook: one gather for the whole block
+        codes = codes["codes"]
+        return self.codebooks[np.arange(self.options["m"]), codes].reshape(len(codes), self.dim)
+
+    def state(self):
+        return {"codebooks": self.codebooks} if self.trained else {}
+
+    def restore(self, state):
+        # pylint: disable=C0415
+        import faiss
+
+        m = self.options["m"]
+        state = self.checkstate(state, {"codebooks": (m, 1 << self.NBITS, self.dim // m)})
+        self.codebooks = state["codebooks"]
+        self.quantizer = faiss.ProductQuantizer(self.dim, m, self.NBITS)
+        faiss.copy_array_to_vector(self.codebooks.ravel(), self.quantizer.centroids)
+
+
+# Codecs by name: adding one is a new class plus a line here
+CODECS = {"float32": Float32, "float16": Float16, "int8": Int8, "residual": Residual, "pq": PQ}
+
+
+def create(name, dim, **options):
+    """
+    Creates a codec by name.
+
+    Args:
+        name: a key of CODECS
+        dim: token dimension
+        options: codec options
+
+    Returns:
+        Codec
+    """
+
+    if not isinstance(name, str) or name not in CODECS:
+        raise ValueError(f"Unknown token codec {name!r}, accepted: {', '.join(CODECS)}")
+
+    return CODECS[name](dim, **options)
+
+
+def fromconfig(config, dim):
+    """
+    Creates a codec from its saved config (name plus resolved options).
+
+    Args:
+        config: dict with "name" and options
+        dim: token dimension
+
+    Returns:
+        Codec
+    """
+
+    if not isinstance(config, dict):
+        raise ValueError(f"Codec config must be a dict with a name, got {config!r}")
+
+    options = dict(config)
+    return create(options.pop("name", None), dim, **options)

@@ -1,0 +1,79 @@
+"""
+Pooling module: index-time token pooling (Clavie et al. 2024, PyLate's pool_factor)
+"""
+
+import numpy as np
+
+
+def pool(matrices, factor, protected=1):
+    """
+    Pools each document's token vectors by hierarchical clustering, as PyLate's `pool_factor` does: the first `protected` tokens
+    (the [CLS] position) are kept as they are; the other n tokens are clustered with Ward linkage over cosine distances
+    (1 - dot product) into max(1, n // factor) clusters, and each cluster is replaced by the mean of its tokens. Pooled rows
+    follow the protected rows. A document with too few tokens to lose one is returned unchanged.
+
+    Means are not re-normalised, as in PyLate: a tight cluster's mean keeps a norm near 1, a loose cluster's mean is shorter and
+    weighs less in MaxSim, which is what the published pool factor results were measured with.
+
+    Only documents are pooled, never queries (the caller's duty). factor 1 returns the matrices unchanged (as float32).
+
+    Args:
+        matrices: list of (t, dim) float arrays
+        factor: pool factor, an integer >= 1
+        protected: leading tokens of each document kept unpooled, an integer >= 0
+
+    Returns:
+        list of float32 (t', dim) arrays
+    """
+
+    for name, value, low in (("factor", factor, 1), ("protected", protected, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"Pool {name} must be an integer >= {low}, got {value!r}")
+
+    results = []
+    for x, matrix in enumerate(matrices):
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if matrix.ndim != 2:
+            raise ValueError(f"Matrix {x} has shape {matrix.shape}, expected (tokens, dim)")
+        if not np.isfinite(matrix).all():
+            raise ValueError(f"Matrix {x} contains NaN or infinite values")
+
+        results.append(cluster(matrix, factor, protected) if factor > 1 else matrix)
+
+    return results
+
+
+def cluster(matrix, factor, protected):
+    """
+    Pools one document.
+
+    Args:
+        matrix: float32 (t, dim)
+        factor: pool factor >= 2
+        protected: leading tokens kept unpooled
+
+    Returns:
+        float32 (t', dim)
+    """
+
+    # pylint: disable=C0415
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    head, rows = matrix[:protected], matrix[protected:]
+    n = len(rows)
+    clusters = max(n // factor, 1)
+    if clusters >= n:
+        return matrix
+
+    # Condensed cosine distances in float64 (what linkage works in), clipped at 0 against rounding
+    distances = 1.0 - rows.astype(np.float64) @ rows.T.astype(np.float64)
+    condensed = np.maximum(distances[np.triu_indices(n, k=1)], 0.0)
+    labels = fcluster(linkage(condensed, method="ward"), t=clusters, criterion="maxclust") - 1
+
+    # Cluster means in one scatter: fcluster can return fewer clusters than asked when merge heights tie
+    sums = np.zeros((clusters, matrix.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, rows)
+    counts = np.bincount(labels, minlength=clusters)
+    pooled = (sums[counts > 0] / counts[counts > 0, None]).astype(np.float32)
+
+    return np.concatenate([head, pooled])
