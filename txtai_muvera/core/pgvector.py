@@ -454,7 +454,8 @@ class PGVectorStorage(Storage):
             raise ValueError(f"FDEs must be ({len(ids)}, {self.dimensions}), got shape {fdes.shape}")
 
         # halfvec holds float16: NaN, infinity and values past float16's range are refused before the server sees them
-        half = fdes.astype(np.float16)
+        with np.errstate(over="ignore"):
+            half = fdes.astype(np.float16)
         if not np.isfinite(half).all():
             raise ValueError("FDEs contain NaN, infinite or out of float16 range values")
 

