@@ -94,7 +94,7 @@ def fdemodes(embeddings, dataset, muvera, candidates=100):
     """
 
     store, docids = backend(embeddings).store, list(dataset.corpus)
-    queries = embeddings.scoring.model.batchtransform([(None, text, None) for text in dataset.queries.values()], "query").tokens
+    queries = embeddings.scoring.encoder.encode(list(dataset.queries.values()), "query")
 
     encoder = Muvera(**muvera)
     documents = encoder(stored(store), "data")

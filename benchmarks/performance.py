@@ -143,15 +143,15 @@ def ours(args, documents, queries, sample):
 
     # Re-ranking stage alone: gather 100 candidates' stored tokens, exact MaxSim, top 10 (query already encoded)
     index = backend(embeddings)
-    encoded = embeddings.scoring.model.batchtransform([(None, q, None) for q in sample], "query")
-    _, candidates = index.fdes.search(np.asarray(encoded), LIMIT * FACTOR)
+    tokens = embeddings.scoring.encoder.encode(list(sample), "query")
+    _, candidates = index.fdes.search(embeddings.scoring.muvera(tokens, "query"), LIMIT * FACTOR)
     stage, qtokens, dtokens = [], [], []
     for x in range(len(sample)):
         start = time.perf_counter()
-        tokens, offsets, scale = index.store.gather(candidates[x])
-        topk(maxsim_flat(encoded.tokens[x], tokens, offsets, scale), LIMIT)
+        rows, offsets, scale = index.store.gather(candidates[x])
+        topk(maxsim_flat(tokens[x], rows, offsets, scale), LIMIT)
         stage.append(time.perf_counter() - start)
-        qtokens.append(len(encoded.tokens[x]))
+        qtokens.append(len(tokens[x]))
         dtokens.append(int(offsets[-1]))
 
     with tempfile.TemporaryDirectory() as folder:

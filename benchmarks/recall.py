@@ -98,7 +98,7 @@ def main():
 
     # Exact MaxSim top 10 per query, and the query token matrices
     exact = [set(ids.tolist()) for ids, _ in run.exact(embeddings, texts, 10)]
-    queries = embeddings.scoring.model.batchtransform([(None, text, None) for text in texts], "query").tokens
+    queries = embeddings.scoring.encoder.encode(list(texts), "query")
     documents = stored(backend(embeddings).store)
     embeddings.close()
 

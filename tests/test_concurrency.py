@@ -11,7 +11,7 @@ import pytest
 
 from txtai import Embeddings
 
-from txtai_muvera import FDEIndex, Reranker, TokenStore, maxsim_flat
+from txtai_muvera import FDEIndex, Reranker, SearchOptions, TokenStore, maxsim_flat
 
 from checkpoints import build_pylate_checkpoint
 
@@ -117,17 +117,22 @@ def test_embeddings_with_lock(loaded):
 def test_options_per_thread(loaded):
     # Per-call options live in thread-local storage: threads with different candidate counts do not see each other's, even
     # while other threads run full Reranker calls (under the database lock) with other counts
-    reranker, lock, index, model = Reranker(loaded), threading.Lock(), loaded.scoring.ann, loaded.scoring.model
-    queries = [model.batchtransform([(None, query, None)]) for query in corpus(THREADS, 2)]
+    reranker, lock, scoring = Reranker(loaded), threading.Lock(), loaded.scoring
+    queries = corpus(THREADS, 2)
     candidates = [1 + x for x in range(THREADS)]
-    expected = [(index.search(query, 5, candidates=count), index.search(query, 5)) for query, count in zip(queries, candidates)]
+
+    def search(query, count=None):
+        with scoring.searching(SearchOptions(candidates=count)):
+            return scoring.search(query, 5)
+
+    expected = [(search(query, count), search(query)) for query, count in zip(queries, candidates)]
 
     def run(x):
-        with index.options(candidates=candidates[x]):
+        with scoring.searching(SearchOptions(candidates=candidates[x])):
             with lock:
                 reranker("music history", 5, candidates=candidates[(x + 1) % THREADS])
-            ranked = index.search(queries[x], 5)
-        return ranked, index.search(queries[x], 5)
+            ranked = scoring.search(queries[x], 5)
+        return ranked, scoring.search(queries[x], 5)
 
     for x, rounds in enumerate(parallel(run, range(THREADS))):
         assert all(result == expected[x] for result in rounds)

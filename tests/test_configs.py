@@ -106,7 +106,7 @@ def test_hybrid(checkpoint, dense):
     application.add(rows())
     application.index()
     embeddings = application.embeddings
-    assert embeddings.config["scoring"]["backend"] == "txtai_muvera.MuveraIndex" and embeddings.scoring.isnormalized()
+    assert embeddings.config["scoring"]["method"] == "txtai_muvera.MuveraScoring" and embeddings.scoring.isnormalized()
 
     # Late interaction alone (dense weight 0) ranks exactly as brute-force MaxSim
     assert ids(application.batchsearch(QUERIES, 3, weights=0.0)) == expected(checkpoint)

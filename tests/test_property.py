@@ -65,7 +65,7 @@ def check(embeddings, current, world, limit):
     """
 
     _, texts, queries = world
-    backend = embeddings.scoring.ann if embeddings.scoring else None
+    backend = embeddings.scoring if embeddings.scoring else None
     if not current:
         assert not embeddings.count()
         return

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from txtai import Embeddings
 
-from txtai_muvera import FDEIndex, MuveraIndex, TokenStore
+from txtai_muvera import FDEIndex, MuveraScoring, SearchOptions, TokenStore
 from txtai_muvera.core.models.hub import CheckpointError
 
 from checkpoints import build_pylate_checkpoint
@@ -71,7 +71,7 @@ def test_odd_strings_index(checkpoint, text):
     assert embeddings.count() == 6
     assert "odd" in {row["id"] for row in embeddings.search("music retrieval", 6)}
 
-    tokens = embeddings.scoring.ann.store
+    tokens = embeddings.scoring.store
     assert all(len(tokens.get(uid)) > 0 for uid in tokens.ids)
 
 
@@ -136,12 +136,11 @@ def test_none_documents(checkpoint):
     assert embeddings.count() == 2
     assert {row["text"] for row in embeddings.search("weather sports", 2)} == {"music history", "weather sports"}
 
-    # But txtai's own id offset counts them (3) while the sparse index counted the 2 documents it received: a later upsert
-    # puts the new document at database id 3 and sparse id 2, so it can never be found. Stock ivfsparse has the same drift.
-    # If this assertion fails, txtai changed and the README row must be updated.
-    assert embeddings.config["offset"] == 3 and embeddings.config["scoring"]["offset"] == 2
+    # txtai's own id offset counts them (3); the index takes its ids from the offset txtai passes, like the database, so a
+    # later upsert lands where searches find it (0.1.0 lost it: its ids drifted by the number of None documents)
+    assert embeddings.config["offset"] == 3
     embeddings.upsert([("x", "food travel", None)])
-    assert "x" not in {row["id"] for row in embeddings.search("food travel", 10)}
+    assert embeddings.search("food travel", 1)[0]["id"] == "x"
 
 
 def test_ids(checkpoint):
@@ -183,18 +182,21 @@ def test_limits(index, checkpoint):
     with pytest.raises(ValueError, match="limit must be a non-negative integer, got -1"):
         embeddings.search(query, -1)
 
-    backend = index.scoring.ann
-    queries = index.scoring.model.batchtransform([(None, query, None)])
-    assert backend.search(queries, 0) == [[]]
+    scoring = index.scoring
+    assert scoring.batchsearch([query], 0) == [[]]
     with pytest.raises(ValueError, match="limit must be a non-negative integer, got 2.5"):
-        backend.search(queries, 2.5)
-    for candidates in [0, -3, 1.5, True]:
+        scoring.batchsearch([query], 2.5)
+    for candidates in [0, -3, 1.5, True, "100"]:
         with pytest.raises(ValueError, match=f"candidates must be a positive integer, got {candidates!r}"):
-            backend.search(queries, 3, candidates=candidates)
+            SearchOptions(candidates=candidates)
+
+    def search(limit, candidates):
+        with scoring.searching(SearchOptions(candidates=candidates)):
+            return scoring.batchsearch([query], limit)[0]
 
     # Fewer candidates than limit: limit candidates are re-ranked, so limit results come back
-    assert len(backend.search(queries, 8, candidates=2)[0]) == 8
-    assert [uid for uid, _ in backend.search(queries, 8, candidates=2)[0]] == [uid for uid, _ in backend.search(queries, 8, candidates=8)[0]]
+    assert len(search(8, 2)) == 8
+    assert [uid for uid, _ in search(8, 2)] == [uid for uid, _ in search(8, 8)]
 
 
 def test_checkpoints(tmp_path, checkpoint):
@@ -333,5 +335,5 @@ def test_lower_layers():
         index.add([1], np.ones((1, 8), np.float32))
     assert index.count() == 2
 
-    backend = MuveraIndex({"muvera": MUVERA})
-    assert backend.count() == 0
+    with pytest.raises(ValueError, match="path must name a late-interaction checkpoint"):
+        MuveraScoring({"muvera": MUVERA})

@@ -16,7 +16,7 @@ from txtai.pipeline import Reranker as StockReranker, Similarity
 from txtai.scoring import ScoringFactory
 
 import txtai_muvera
-from txtai_muvera import ColBERT, Muvera, MuveraIndex, Reranker
+from txtai_muvera import ColBERT, Muvera, MuveraScoring, Reranker
 
 from checkpoints import build_pylate_checkpoint
 
@@ -98,7 +98,8 @@ def test_sentence(checkpoint):
 
     # Registration rewrote the config to this package's class paths and wrote back resolved settings
     config = embeddings.config["scoring"]
-    assert config["vectormethod"] == "txtai_muvera.LateVectors" and config["backend"] == "txtai_muvera.MuveraIndex"
+    assert config["method"] == "txtai_muvera.MuveraScoring" and config["terms"] is True and config["backend"] == "faiss"
+    assert "vectormethod" not in config
     assert config["muvera"]["repetitions"] == 4 and config["muvera"]["fill"] is False
     assert config["vectors"]["query_length"] == 32 and config["tokens"] == "float16"
     assert embeddings.count() == 60
@@ -228,7 +229,7 @@ def test_no_document_encoding_at_query_time(checkpoint):
     embeddings.index(documents)
 
     # Count encoder calls per category on the live model
-    model = embeddings.scoring.model.model
+    model = embeddings.scoring.encoder
     calls, encode = [], model.encode
 
     def counted(texts, category="data", batch=None):
@@ -277,7 +278,7 @@ def test_hybrid(checkpoint):
     documents, queries = corpus(40), corpus(2, seed=12)
     embeddings = Embeddings(path=checkpoint, sparse={"path": checkpoint, "muvera": dict(MUVERA)}, content=True)
     embeddings.index(documents)
-    assert embeddings.config["scoring"]["backend"] == "txtai_muvera.MuveraIndex"
+    assert embeddings.config["scoring"]["method"] == "txtai_muvera.MuveraScoring"
     assert embeddings.scoring.isnormalized()
 
     for result in embeddings.batchsearch(queries, 5):
@@ -307,11 +308,11 @@ def test_registration(checkpoint, tmp_path):
 
         # The explicit class-path form works without registration
         embeddings = Embeddings(
-            sparse={"path": checkpoint, "vectormethod": "txtai_muvera.LateVectors", "backend": "txtai_muvera.MuveraIndex", "muvera": MUVERA},
+            sparse={"path": checkpoint, "method": "txtai_muvera.MuveraScoring", "terms": True, "muvera": MUVERA},
             content=True,
         )
         embeddings.index(corpus(10))
-        assert isinstance(embeddings.scoring.ann, MuveraIndex) and embeddings.count() == 10
+        assert isinstance(embeddings.scoring, MuveraScoring) and embeddings.count() == 10
     finally:
         txtai_muvera.register()
 
@@ -394,7 +395,7 @@ def test_subindex(checkpoint, tmp_path):
 def test_truncation_warning(checkpoint, caplog):
     # Documents cut at the model's document length (48 tokens here) are counted and reported
     embeddings = create(checkpoint)
-    with caplog.at_level("WARNING", logger="txtai_muvera.glue.index"):
+    with caplog.at_level("WARNING", logger="txtai_muvera.glue.scoring"):
         embeddings.index(["short text", " ".join(["music"] * 200), " ".join(["history"] * 300)])
 
     assert "2 of 3 documents were cut at the model's document length (48 tokens)" in caplog.text
@@ -414,4 +415,4 @@ def test_upsert_copies_tokens_exactly(checkpoint, tokens):
 
     assert parts.scoring.config["tokens"] == tokens and parts.count() == 40
     for x in range(15):
-        assert np.array_equal(parts.scoring.ann.store.get(25 + x), fresh.scoring.ann.store.get(x))
+        assert np.array_equal(parts.scoring.store.get(25 + x), fresh.scoring.store.get(x))

@@ -50,10 +50,16 @@ class FileStorage(Storage):
             raise
 
         deletes = np.asarray(deletes, dtype=np.int64).reshape(-1)
+        deletes = deletes[np.isin(deletes, self.store.ids)] if len(deletes) else deletes
         if len(deletes):
-            deletes = deletes[np.isin(deletes, self.store.ids)]
-            self.fdes.delete(deletes)
+            # Token rows are kept aside so that a failure in the FDE index puts them back
+            tokens, offsets, _ = self.store.gather(deletes)
             self.store.delete(deletes)
+            try:
+                self.fdes.delete(deletes)
+            except BaseException:
+                self.store.add(deletes, np.split(np.asarray(tokens, dtype=np.float32), offsets[1:-1]))
+                raise
 
     def build(self, batches):
         """

@@ -28,7 +28,7 @@ class SearchOptions:
         for name in ("candidates", "efsearch", "nprobe"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, int(value))
         if self.rerank is not None and not isinstance(self.rerank, bool):

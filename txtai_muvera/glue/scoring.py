@@ -57,10 +57,14 @@ class MuveraScoring(Scoring):
 
         # Committed storage engine (None until the first index), the staged write and per-thread search options
         self.storage = None
-        self.staged, self.deletes = None, []
+        self.staged, self.deletes, self.failure = None, [], None
         self.local = threading.local()
 
     def insert(self, documents, index=None, checkpoint=None):
+        # After a failure txtai keeps streaming the rest of the call: nothing more is encoded, the error is raised at commit
+        if self.failure is not None:
+            return
+
         try:
             ids, texts = self.texts(documents, index or 0)
             if self.staged is None:
@@ -77,6 +81,12 @@ class MuveraScoring(Scoring):
                     matrices = pool(matrices, self.config["pool"])
                 self.staged.add(ids[start : start + len(chunk)], fdes, matrices, truncated)
 
+        # pylint: disable=W0718
+        except Exception as error:
+            # Raised when txtai commits (index or upsert), after it has streamed the whole call: its document database and
+            # id offset then advance past the failed call, so later writes line up with the index (see the README)
+            self.rollback()
+            self.failure = error
         except BaseException:
             self.rollback()
             raise
@@ -88,6 +98,7 @@ class MuveraScoring(Scoring):
     def index(self, documents=None):
         if documents:
             self.insert(documents)
+        self.raisefailure()
 
         staged, self.staged, self.deletes = self.staged or self.empty(), None, []
         try:
@@ -104,6 +115,7 @@ class MuveraScoring(Scoring):
     def upsert(self, documents=None):
         if documents:
             self.insert(documents)
+        self.raisefailure()
 
         if self.storage is None:
             self.index()
@@ -126,14 +138,25 @@ class MuveraScoring(Scoring):
             self.staged.close()
         self.staged, self.deletes = None, []
 
+    def raisefailure(self):
+        """
+        Raises the error that stopped the staged write, if any, after dropping the write.
+        """
+
+        if self.failure is not None:
+            error, self.failure = self.failure, None
+            self.rollback()
+            raise error
+
     def settle(self):
         """
         Runs before every read. A write still staged here was abandoned (txtai raised before committing it): drop it. Deletes
         staged without documents come from `Embeddings.delete`, which never commits: apply them.
         """
 
-        if self.staged is not None:
+        if self.staged is not None or self.failure is not None:
             self.rollback()
+            self.failure = None
         elif self.deletes and self.storage is not None:
             deletes, self.deletes = np.array(self.deletes, dtype=np.int64), []
             self.storage.apply(deletes, self.empty())
@@ -162,10 +185,6 @@ class MuveraScoring(Scoring):
 
         self.settle()
         queries = list(queries)
-        for x, query in enumerate(queries):
-            if not isinstance(query, str):
-                raise TypeError(f"Query {x} is {type(query).__name__} {shorten(query)}, expected str")
-
         options = self.options()
         if not limit or not queries or not self.count():
             return [[] for _ in queries]
@@ -226,8 +245,8 @@ class MuveraScoring(Scoring):
         header = files.readjson(f"{path}/header.json", "txtai-muvera index header")
         if header.get("format") != FORMAT or header.get("version") not in VERSIONS:
             raise ValueError(
-                f"{path}/header.json is not a txtai-muvera index this version reads (format {header.get('format')!r}, version "
-                f"{header.get('version')!r}; reads {FORMAT!r} versions {VERSIONS}): rebuild the index with this version"
+                f"txtai-muvera index at {path} has format {header.get('format')!r} version {header.get('version')!r}; this "
+                f"txtai-muvera reads {FORMAT!r} versions {', '.join(map(str, VERSIONS))}: rebuild the index with this version"
             )
         for key in ("dimensions", "fingerprint"):
             if self.config.get(key) is not None and header.get(key) is not None and header.get(key) != self.config.get(key):

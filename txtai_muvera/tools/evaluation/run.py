@@ -157,7 +157,7 @@ class Run:
         """
 
         store = backend(embeddings).store
-        queries = embeddings.scoring.model.batchtransform([(None, text, None) for text in texts], "query").tokens if texts else []
+        queries = embeddings.scoring.encoder.encode(list(texts), "query") if texts else []
         queries = [torch.from_numpy(np.asarray(query, dtype=np.float32)) for query in queries]
 
         best = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)) for _ in queries]

@@ -1,0 +1,219 @@
+"""
+Failed writes lose nothing: index, upsert and delete that raise leave the instance as it was, in the same process
+"""
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from txtai import Embeddings
+
+from txtai_muvera import ColBERT, durable, transaction
+
+from checkpoints import build_pylate_checkpoint
+
+WORDS = "retrieval model query document token vector score search index music history science food travel weather sports".split()
+
+MUVERA = {"repetitions": 4, "hashes": 3, "projection": 8, "seed": 7}
+
+QUERIES = ["music history science", "weather sports food", "token vector search"]
+
+
+def corpus(size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(3, 8))) for _ in range(size)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_pylate_checkpoint(tmp_path_factory.mktemp("colbert"), hidden=32, dim=16, document_length=16)
+
+
+# txtai's batch size: documents reach the database and the scoring index in batches of this size (1,024 by default; smaller
+# here so that "past one batch" and "past five batches", where txtai's own encoding queue of 5 batches used to block, stay fast)
+BATCH = 128
+
+
+def create(checkpoint, documents=300):
+    embeddings = Embeddings(sparse={"path": checkpoint, "muvera": dict(MUVERA), "candidates": 1000}, content=True, batch=BATCH)
+    embeddings.index([(f"d{i}", text, None) for i, text in enumerate(corpus(documents))])
+    return embeddings
+
+
+def state(embeddings):
+    """
+    Everything a user can observe: count, ranked results with scores, and every content row.
+    """
+
+    rows = embeddings.search("select id, text from txtai order by id limit 100000")
+    return embeddings.count(), embeddings.batchsearch(QUERIES, 10), sorted((row["id"], row["text"]) for row in rows)
+
+
+def aligned(embeddings, checkpoint, sample=25):
+    """
+    Checks that the late-interaction index and the document database agree on every index id: each stored token matrix is
+    the encoding of the database text under the same index id.
+    """
+
+    rows = embeddings.database.connection.execute("select indexid, text from sections order by indexid").fetchall()
+    stored = embeddings.scoring.storage.ids()
+    assert sorted(stored.tolist()) == [indexid for indexid, _ in rows]
+
+    model = ColBERT(checkpoint)
+    for indexid, text in [rows[x] for x in np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)]:
+        tokens, offsets, _ = embeddings.scoring.storage.gather([indexid])
+        assert np.allclose(tokens.astype(np.float32), model.encode([text], "data")[0], atol=2e-3)
+
+
+def documents(size, bad, seed=1, replace=50):
+    """
+    New documents, the first `replace` of which replace existing ids, with one bad document at position `bad`.
+    """
+
+    batch = [(f"d{i}" if i < replace else f"n{i}", text, None) for i, text in enumerate(corpus(size, seed))]
+    batch[bad] = (batch[bad][0], {"text": 42}, None)
+    return batch
+
+
+@pytest.mark.parametrize("bad", [0, BATCH + 6, 5 * BATCH + 10])
+def test_failed_upsert(checkpoint, bad):
+    embeddings = create(checkpoint)
+    before = state(embeddings)
+
+    with pytest.raises(TypeError, match="has int text"):
+        transaction.upsert(embeddings, documents(bad + 20, bad))
+
+    # Replaced and existing documents are all still there: same results, same scores, same content rows
+    assert state(embeddings) == before
+    aligned(embeddings, checkpoint)
+
+    # Later writes line up: replaced ids are replaced, new ids are found under their own text
+    transaction.upsert(embeddings, [("d3", "science science token", None), ("late", "weather weather sports", None)])
+    assert embeddings.count() == before[0] + 1
+    assert embeddings.search("weather weather sports", 1)[0]["id"] == "late"
+    assert embeddings.search("select text from txtai where id = 'd3'")[0]["text"] == "science science token"
+    aligned(embeddings, checkpoint)
+
+
+def test_failed_upsert_plain(checkpoint):
+    # Through txtai's own upsert the late-interaction index is untouched too (txtai's own database rows are not: see README)
+    embeddings = create(checkpoint)
+    before = embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()
+
+    with pytest.raises(TypeError, match="has int text"):
+        embeddings.upsert(documents(3 * BATCH, 2 * BATCH + 5))
+
+    assert (embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()) == before
+
+
+@pytest.mark.parametrize("part", ["fdes", "tokens"])
+def test_failed_storage_write(checkpoint, part, monkeypatch):
+    embeddings = create(checkpoint)
+    before = state(embeddings)
+
+    # Inject a failure in the FDE index or the token store write (after the first chunk of tokens is in)
+    storage = embeddings.scoring.storage
+    target, name = (storage.fdes, "add") if part == "fdes" else (storage.store, "add")
+    original, calls = getattr(target, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if part == "fdes" or len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, failing)
+    with pytest.raises(OSError, match="No space left"):
+        transaction.upsert(embeddings, documents(3 * BATCH, 3 * BATCH - 1, replace=100)[:-1])
+
+    monkeypatch.setattr(target, name, original)
+    assert state(embeddings) == before
+    aligned(embeddings, checkpoint)
+
+    transaction.upsert(embeddings, [("d7", "food food travel", None)])
+    assert embeddings.search("select text from txtai where id = 'd7'")[0]["text"] == "food food travel"
+    aligned(embeddings, checkpoint)
+
+
+def test_failed_delete(checkpoint, monkeypatch):
+    embeddings = create(checkpoint)
+    before = state(embeddings)
+
+    monkeypatch.setattr(embeddings.scoring.storage.store, "delete", lambda ids: (_ for _ in ()).throw(OSError("injected")))
+    with pytest.raises(OSError, match="injected"):
+        transaction.delete(embeddings, ["d1", "d2"])
+
+    monkeypatch.undo()
+    assert state(embeddings) == before
+    assert transaction.delete(embeddings, ["d1"]) == ["d1"] and embeddings.count() == before[0] - 1
+
+
+def test_failed_index_keeps_loaded_instance(checkpoint, tmp_path):
+    embeddings = create(checkpoint, 200)
+    durable.save(embeddings, tmp_path / "index")
+    loaded = durable.load(tmp_path / "index")
+    before = state(loaded)
+
+    # Through the helper the loaded index stays, searchable and savable
+    with pytest.raises(TypeError, match="has int text"):
+        transaction.index(loaded, [("a", "music", None), ("b", {"text": 3.5}, None)])
+    assert state(loaded) == before
+
+    # Through txtai's own index() the instance is emptied by txtai before the error, but it never raises AttributeError and
+    # refuses to save over the previous index
+    with pytest.raises(TypeError, match="has float text"):
+        loaded.index([("a", "music", None), ("b", {"text": 3.5}, None)])
+    assert loaded.scoring.batchsearch(QUERIES, 3) == [[], [], []]
+    with pytest.raises(ValueError, match="nothing to save"):
+        durable.save(loaded, tmp_path / "index")
+    assert durable.load(tmp_path / "index").count() == 200
+
+    # A successful helper index replaces it
+    transaction.index(loaded, [("x", "music history", None)])
+    assert loaded.count() == 1 and loaded.search("music", 1)[0]["id"] == "x"
+
+
+def test_none_documents_long_call(checkpoint):
+    # None documents take no index id, like txtai's database: ids stay aligned in calls longer than one batch
+    embeddings = create(checkpoint, 10)
+    batch = [(f"n{i}", text, None) for i, text in enumerate(corpus(6 * BATCH, 4))]
+    for x in (5, BATCH + 3, 5 * BATCH + 1):
+        batch[x] = (f"n{x}", None, None)
+
+    embeddings.upsert(batch)
+    assert embeddings.count() == 10 + 6 * BATCH - 3
+    aligned(embeddings, checkpoint)
+
+    # A later upsert lands where searches find it
+    embeddings.upsert([("late", "vector vector token token", None)])
+    assert embeddings.search("vector vector token token", 1)[0]["id"] == "late"
+    aligned(embeddings, checkpoint)
+
+
+def test_database_failure_does_not_hang(checkpoint, monkeypatch):
+    # A database error deep in a call larger than five batches raises promptly (no encoding thread to block) and the
+    # helper restores everything
+    embeddings = create(checkpoint)
+    before = state(embeddings)
+    original, calls = embeddings.database.insert, []
+
+    def failing(batch, index=0):
+        calls.append(1)
+        if len(calls) == 3:
+            raise sqlite3.IntegrityError("injected")
+        return original(batch, index)
+
+    monkeypatch.setattr(embeddings.database, "insert", failing)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(pytest.raises(sqlite3.IntegrityError, transaction.upsert, embeddings, documents(6 * BATCH, 6 * BATCH - 1)[:-1])))
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive() and errors
+
+    monkeypatch.setattr(embeddings.database, "insert", original)
+    assert state(embeddings) == before
+    transaction.upsert(embeddings, [("d9", "history history", None)])
+    assert embeddings.search("select text from txtai where id = 'd9'")[0]["text"] == "history history"
+    aligned(embeddings, checkpoint)
