@@ -5,8 +5,10 @@ Command line: index, search, info, standin and evaluate wiring, with one-line er
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -249,6 +251,54 @@ def test_bad_folder(checkpoint, tmp_path, capsys):
 
     (empty / "bad.txt").write_bytes(b"caf\xe9")
     error(capsys, ["index", str(empty), str(tmp_path / "out"), "--model", checkpoint], "bad.txt", "UTF-8")
+
+
+def test_special_files(checkpoint, tmp_path, capsys):
+    # A FIFO named *.txt fails at once, naming it (reading it would block for ever)
+    folder = tmp_path / "fifo"
+    folder.mkdir()
+    (folder / "a.txt").write_text("music", encoding="utf-8")
+    os.mkfifo(folder / "pipe.txt")
+
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(error(capsys, ["index", str(folder), str(tmp_path / "out"), "--model", checkpoint], "pipe.txt", "FIFO")))
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        # Unblock the reader so the test ends
+        os.close(os.open(folder / "pipe.txt", os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert outcome, "index blocked on the FIFO"
+
+    # A file name that is not UTF-8 fails during validation, before the model loads (the model here does not exist), naming it
+    names = tmp_path / "names"
+    names.mkdir()
+    (names / "a.txt").write_text("music", encoding="utf-8")
+    with open(os.path.join(os.fsencode(names), b"caf\xe9.txt"), "wb") as f:
+        f.write(b"history")
+    error(capsys, ["index", str(names), str(tmp_path / "out"), "--model", str(tmp_path / "nomodel")], "caf\\udce9.txt", "not UTF-8")
+
+    # JSON escapes that spell a lone surrogate: the row is named during validation
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"text": "fine"}\n{"text": "caf\\udce9"}\n', encoding="utf-8")
+    error(capsys, ["index", str(surrogate), str(tmp_path / "out"), "--model", str(tmp_path / "nomodel")], "surrogate.jsonl:2", "lone surrogate")
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_save(index, tmp_path, capsys):
+    # What a crash between the two renames of a save leaves: the previous save aside, nothing at the path. info and search
+    # put it back, as durable.load does
+    shutil.copytree(index, tmp_path / ".copy.old-0123")
+    os.makedirs(tmp_path / ".copy.saving-4567")
+    path = str(tmp_path / "copy")
+
+    assert main(["info", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == len(TEXTS)
+    assert sorted(x for x in os.listdir(tmp_path) if not x.endswith(".lock")) == ["copy"]
+
+    os.rename(path, tmp_path / ".copy.old-89ab")
+    assert len(search(capsys, path, "music history", "--limit", "3")[0]["results"]) == 3
+    assert sorted(x for x in os.listdir(tmp_path) if not x.endswith(".lock")) == ["copy"]
 
 
 def test_errors(checkpoint, corpus, index, tmp_path, capsys):

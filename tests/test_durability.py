@@ -33,6 +33,7 @@ embeddings.upsert([(f"n{i}", text, None) for i, text in enumerate(documents)])
 print("ready", flush=True)
 while True:
     durable.save(embeddings, path)
+    print("saved", flush=True)
 """
 
 
@@ -56,6 +57,11 @@ def environment():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")])}
 
 
+def listing(folder):
+    # What is in a folder, less the empty lock files saves and loads keep beside an index
+    return sorted(x for x in os.listdir(folder) if not x.endswith(".lock"))
+
+
 def test_sigkill_during_save(checkpoint, tmp_path):
     documents, updates, queries = corpus(40, 0), corpus(40, 1), corpus(4, 2)
     path = str(tmp_path / "index")
@@ -76,13 +82,17 @@ def test_sigkill_during_save(checkpoint, tmp_path):
 
     # Kill delays spread over whole save loops (one save takes tens of milliseconds here)
     states = []
-    for delay in [0.0, 0.013, 0.037, 0.071, 0.13, 0.29]:
+    delays = [0.0, 0.013, 0.037, 0.071, 0.13, 0.29]
+    for delay in delays:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, path, str(tmp_path / "updates.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment()
         )
         try:
             line = child.stdout.readline()
             assert line.strip() == b"ready", child.stderr.read().decode()
+            if delay == delays[-1]:
+                # However slow the machine, the last kill comes after at least one complete save
+                assert child.stdout.readline().strip() == b"saved", child.stderr.read().decode()
             time.sleep(delay)
         finally:
             os.kill(child.pid, signal.SIGKILL)
@@ -101,7 +111,7 @@ def test_sigkill_during_save(checkpoint, tmp_path):
     assert any(states)
 
     # Nothing is left behind next to the index once recovered
-    assert sorted(os.listdir(tmp_path)) == ["index", "updates.json"]
+    assert listing(tmp_path) == ["index", "updates.json"]
 
 
 def test_save_repoints_database(checkpoint, tmp_path):
@@ -132,7 +142,7 @@ def test_archive(checkpoint, tmp_path):
     durable.save(embeddings, path)
     durable.save(embeddings, path)
     assert durable.load(path).count() == 20
-    assert sorted(os.listdir(tmp_path)) == ["index.tar.gz"]
+    assert listing(tmp_path) == ["index.tar.gz"]
 
 
 def test_interrupted_between_renames(checkpoint, tmp_path):
@@ -145,7 +155,7 @@ def test_interrupted_between_renames(checkpoint, tmp_path):
     os.makedirs(tmp_path / ".index.saving-4567")
 
     assert durable.load(path).count() == 20
-    assert sorted(os.listdir(tmp_path)) == ["index"]
+    assert listing(tmp_path) == ["index"]
 
 
 def test_nothing_pickled(checkpoint, tmp_path):
@@ -167,3 +177,59 @@ def test_nothing_pickled(checkpoint, tmp_path):
     config = embeddings.config["scoring"]
     assert not config["vectors"].get("trust_remote_code")
     assert txtai_muvera.ColBERT.__init__.__defaults__[-1] is False
+
+
+# Writer child: loads the saved index, then for `seconds` alternately upserts 10 documents and deletes them, saving after each
+WRITER = """
+import json, sys, time
+from txtai_muvera import durable
+path, seconds = sys.argv[1], float(sys.argv[2])
+embeddings = durable.load(path)
+print("ready", flush=True)
+saves, end = 0, time.time() + seconds
+while time.time() < end:
+    if saves % 2:
+        embeddings.delete([f"w{i}" for i in range(10)])
+    else:
+        embeddings.upsert([(f"w{i}", f"music history travel {i}", None) for i in range(10)])
+    durable.save(embeddings, path)
+    saves += 1
+print(json.dumps({"saves": saves}), flush=True)
+"""
+
+
+def test_readers_never_break_saves(checkpoint, tmp_path):
+    # One process saves in a loop while this one loads in a loop: no save fails, every load is one whole save (index count
+    # equals database rows, 40 or 50) and nothing is left next to the index afterwards
+    path = str(tmp_path / "index")
+    embeddings = create(checkpoint)
+    embeddings.index([(f"d{i}", text, None) for i, text in enumerate(corpus(40, 8))])
+    durable.save(embeddings, path)
+    embeddings.close()
+
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, path, "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+    try:
+        assert writer.stdout.readline().strip() == b"ready", writer.stderr.read().decode()
+        counts, errors = [], []
+        while writer.poll() is None:
+            try:
+                loaded = durable.load(path)
+                rows = loaded.search("select count(*) from txtai")[0]["count(*)"]
+                counts.append((loaded.count(), rows))
+                loaded.search("music history", 3)
+                loaded.close()
+            except Exception as error:  # pylint: disable=W0718
+                errors.append(repr(error))
+        output, stderr = writer.communicate()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+
+    assert writer.returncode == 0, stderr.decode()[-3000:]
+    assert json.loads(output.decode().strip().splitlines()[-1])["saves"] > 2
+    assert not errors, errors[:3]
+    assert counts and all(count == rows and count in (40, 50) for count, rows in counts), counts
+    final = durable.load(path)
+    assert final.count() == final.search("select count(*) from txtai")[0]["count(*)"]
+    assert listing(tmp_path) == ["index"]

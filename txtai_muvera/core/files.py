@@ -2,16 +2,29 @@
 Files module: atomic directory saves and checked JSON headers, shared by every part that is saved
 """
 
+import contextlib
 import json
 import os
 import zlib
 import shutil
+import threading
 import uuid
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no advisory locks: saves and loads then take none
+    fcntl = None
+
+# Save folders this process is writing: path -> descriptor holding an exclusive flock on the folder for as long as it is live
+LIVE = {}
+LIVELOCK = threading.Lock()
 
 
 def tempdir(path, kind="saving"):
     """
-    Creates a new hidden sibling directory of path, where a save is written before it is swapped in.
+    Creates a new hidden sibling directory of path, where a save is written before it is swapped in. The directory is locked
+    (flock) by this process until `replacedir` or `remove` is done with it, so `restore` in any process tells a live save from
+    the leftover of a dead one and never removes a save in progress.
 
     Args:
         path: target path
@@ -23,16 +36,113 @@ def tempdir(path, kind="saving"):
 
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    temp = os.path.join(parent, f".{name}.{kind}-{uuid.uuid4().hex}")
-    os.mkdir(temp)
+    unique = uuid.uuid4().hex
+
+    # Created under a name restore never touches, locked, then renamed: no instant where it looks like an unlocked leftover
+    pending = os.path.join(parent, f".{name}.pending-{unique}")
+    temp = os.path.join(parent, f".{name}.{kind}-{unique}")
+    os.mkdir(pending)
+    descriptor = hold(pending)
+    os.rename(pending, temp)
+    with LIVELOCK:
+        LIVE[temp] = descriptor
+
     return temp
+
+
+def hold(directory):
+    """
+    Takes an exclusive flock on a directory, the mark of a live save.
+
+    Args:
+        directory: directory
+
+    Returns:
+        open descriptor holding the lock
+    """
+
+    descriptor = os.open(directory, os.O_RDONLY)
+    if fcntl:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def release(temp):
+    """
+    Releases the lock `tempdir` holds on a save directory.
+
+    Args:
+        temp: directory returned by tempdir
+    """
+
+    with LIVELOCK:
+        descriptor = LIVE.pop(os.path.abspath(temp), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def live(directory):
+    """
+    Checks if a save directory is being written by a live process (its flock is held).
+
+    Args:
+        directory: save directory
+
+    Returns:
+        True if a live save holds it
+    """
+
+    if os.path.abspath(directory) in LIVE:
+        return True
+    if not fcntl:
+        return False
+
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return False
+
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def locked(path, shared=False):
+    """
+    Holds the advisory lock of a saved index: `.<name>.lock` beside it. Swaps take it exclusive, loads shared, so no load reads
+    a mix of two saves and no swap happens under a load. The lock file is empty and never removed (removing it would let two
+    processes lock two different files).
+
+    Args:
+        path: saved directory or file
+        shared: shared (readers) or exclusive (writers)
+    """
+
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if not fcntl:
+        yield
+        return
+
+    descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def replacedir(temp, path):
     """
     Flushes the complete directory temp to disk and moves it into place at path. An existing path is renamed aside first and
     removed last: its files are never written to, so whoever has them open or memory-mapped keeps reading them (POSIX). A crash between the two
-    renames leaves the previous save in a `.<name>.old-<id>` sibling, which `restore` moves back.
+    renames leaves the previous save in a `.<name>.old-<id>` sibling, which `restore` moves back. The lock `tempdir` took is
+    held until the swap is complete.
 
     Args:
         temp: complete new directory
@@ -43,25 +153,31 @@ def replacedir(temp, path):
     sync(temp)
 
     path = os.path.abspath(path)
-    if os.path.exists(path):
-        parent, name = os.path.split(path)
-        old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
-        os.rename(path, old)
-        os.rename(temp, path)
-        remove(old)
-    else:
-        os.rename(temp, path)
+    try:
+        if os.path.exists(path):
+            parent, name = os.path.split(path)
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+            os.rename(path, old)
+            os.rename(temp, path)
+            remove(old)
+        else:
+            os.rename(temp, path)
 
-    syncdir(os.path.dirname(path))
+        syncdir(os.path.dirname(path))
+    finally:
+        release(temp)
 
 
-def restore(path):
+def restore(path, exclusive=False):
     """
     Repairs what an interrupted save can leave next to path: moves the previous save back into place when the process died
-    between the two renames of `replacedir`, and removes unfinished and replaced saves.
+    between the two renames of `replacedir`, and removes unfinished and replaced saves of dead processes. Save folders that a
+    live process holds (see `tempdir`) are left alone, and while one exists nothing is moved: that process may be between
+    its two renames.
 
     Args:
         path: saved directory or file
+        exclusive: the caller holds the exclusive `locked(path)`, so no swap is in progress and a backup is from a dead save
 
     Returns:
         True if a previous save was moved back into place
@@ -75,17 +191,79 @@ def restore(path):
     olds = sorted(os.path.join(parent, x) for x in siblings if x.startswith(f".{name}.old-"))
     temps = [os.path.join(parent, x) for x in siblings if x.startswith(f".{name}.saving-")]
 
+    # Leftovers of dead saves (unlocked) go; live saves are never touched
+    alive = [x for x in temps if live(x)]
+    for leftover in temps:
+        if leftover not in alive:
+            remove(leftover)
+
+    # Another process's save in progress may be between its two renames: it puts path back itself
+    with LIVELOCK:
+        if not exclusive and any(x not in LIVE for x in alive):
+            return False
+
     restored = False
     if not os.path.exists(path) and olds:
         # At most one backup exists at a time: saves restore before they rename anything
-        os.rename(olds.pop(), path)
-        syncdir(parent)
-        restored = True
+        try:
+            os.rename(olds.pop(), path)
+            syncdir(parent)
+            restored = True
+        except OSError:
+            # Another process restored it first
+            pass
 
-    for leftover in olds + temps:
+    for leftover in olds:
         remove(leftover)
 
     return restored
+
+
+@contextlib.contextmanager
+def reading(path):
+    """
+    Repairs an interrupted save at path (under the exclusive lock), then holds the index's shared lock, so that whatever reads
+    path inside sees one complete save: no swap happens until it is done.
+
+    Args:
+        path: saved directory or file
+
+    Returns:
+        absolute path
+    """
+
+    path = os.path.abspath(str(path))
+
+    # A saver killed between its renames can strike between the repair and the shared lock: check again under the lock
+    for _ in range(10):
+        if leftovers(path):
+            with locked(path):
+                restore(path, exclusive=True)
+
+        with locked(path, shared=True):
+            if os.path.exists(path) or not leftovers(path):
+                yield path
+                return
+
+    yield path
+
+
+def leftovers(path):
+    """
+    Checks if an interrupted save left anything next to path for `restore` to repair.
+
+    Args:
+        path: saved directory or file
+
+    Returns:
+        True if there is something to restore or remove
+    """
+
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return False
+
+    return any(x.startswith((f".{name}.old-", f".{name}.saving-")) for x in os.listdir(parent))
 
 
 def writeheader(directory, header):
@@ -195,7 +373,7 @@ def syncdir(path):
 
 def remove(path):
     """
-    Removes a file or directory if it exists.
+    Removes a file or directory if it exists (and releases its save lock, for a directory from `tempdir`).
 
     Args:
         path: file or directory
@@ -205,6 +383,8 @@ def remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.exists(path):
         os.remove(path)
+
+    release(path)
 
 
 def digest(path, chunk=1 << 22):

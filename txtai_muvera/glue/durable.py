@@ -3,11 +3,10 @@ Durable module: crash-safe save and load of whole txtai Embeddings indexes
 """
 
 import os
-import uuid
 
 from txtai import Embeddings
 
-from ..core.files import remove, replacedir, restore, sync, syncdir
+from ..core.files import locked, reading, remove, replacedir, restore, sync, syncdir, tempdir
 
 # Archive suffixes txtai's Embeddings.save writes as one compressed file
 ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
@@ -15,16 +14,19 @@ ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
 
 def save(embeddings, path):
     """
-    Saves an Embeddings index so that a crash at any point leaves either the previous save or the new one loadable at path.
+    Saves an Embeddings index so that a crash at any point leaves either the previous save or the new one loadable at path,
+    and so that no reader (`load`, in any process) ever sees a half-swapped save or removes a save in progress.
 
     txtai's own `Embeddings.save` writes config.json and the document database in place: a process killed mid-save can leave
     a new config.json next to an old database, or a half-written one. This helper runs `Embeddings.save` into a new sibling
-    directory (or archive file), flushes it to disk, then swaps it in with renames. A directory is swapped in two renames (old
-    aside, new in); a crash between them leaves the previous save in a `.<name>.old-<id>` sibling, which `load` (and `files.restore`)
-    move back. The document database of the instance is then re-opened at path, so later saves and upserts never write to
-    the files of a replaced save.
+    directory `.<name>.saving-<id>` (an archive: a file inside it), which it holds locked (flock) while it is live, flushes it
+    to disk, then swaps it in under the index's exclusive lock (`.<name>.lock` beside it): a directory in two renames (old
+    aside, new in), an archive in one. A crash between the renames leaves the previous save in a `.<name>.old-<id>` sibling,
+    which `load` moves back. The document database of the instance is then re-opened at path, so later saves and upserts
+    never write to the files of a replaced save.
 
-    Saving to one path from two processes at once is not supported (nor is it with txtai's own save).
+    Saves from several processes to one path each complete whole (the last swap wins); loads wait for a swap in progress.
+    Keep one writing process per path: a process that loaded path and writes without saving writes into replaced files.
 
     Args:
         embeddings: txtai Embeddings instance (any index, not only txtai-muvera ones)
@@ -35,32 +37,37 @@ def save(embeddings, path):
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
 
-    # Leftovers of earlier interrupted saves first: the previous save must be in place before it is replaced
-    restore(path)
-
     archive = next((suffix for suffix in ARCHIVES if name.endswith(suffix)), None)
-    temp = os.path.join(parent, f".{name}.saving-{uuid.uuid4().hex}{archive or ''}")
+
+    # The save is written outside any lock: only the swap excludes readers
+    temp = tempdir(path)
     try:
-        embeddings.save(temp)
+        target = os.path.join(temp, name) if archive else temp
+        embeddings.save(target)
 
-        if archive:
-            # One file: flushed, then a rename replaces it atomically
-            sync(temp)
-            os.replace(temp, path)
-            syncdir(parent)
-        else:
-            replacedir(temp, path)
-    except BaseException:
+        with locked(path):
+            # Leftovers of dead saves first: the previous save must be in place before it is replaced
+            restore(path, exclusive=True)
+
+            if archive:
+                # One file: flushed, then a rename replaces it atomically
+                sync(target)
+                os.replace(target, path)
+                syncdir(parent)
+            else:
+                replacedir(temp, path)
+
+            if not archive:
+                repoint(embeddings, path)
+    finally:
+        # Nothing is left after a swap; a failed save is removed whole
         remove(temp)
-        raise
-
-    if not archive:
-        repoint(embeddings, path)
 
 
 def load(path, embeddings=None, **kwargs):
     """
     Loads an index saved with `save` (or with txtai's own save), recovering first from a save interrupted between its renames.
+    The load holds the index's shared lock: a concurrent `save` swaps only before or after it, never during it.
 
     Args:
         path: index directory or archive file
@@ -72,10 +79,11 @@ def load(path, embeddings=None, **kwargs):
     """
 
     path = os.path.abspath(str(path))
-    restore(path)
-
     embeddings = embeddings if embeddings is not None else Embeddings()
-    embeddings.load(path, **kwargs)
+
+    with reading(path):
+        embeddings.load(path, **kwargs)
+
     return embeddings
 
 

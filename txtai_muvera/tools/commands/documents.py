@@ -5,6 +5,7 @@ Documents module: reads JSONL, CSV/TSV or a folder of text files into txtai docu
 import csv
 import json
 import os
+import stat
 
 from .errors import UsageError
 
@@ -139,6 +140,18 @@ class Documents:
             files.extend(os.path.join(root, name) for name in sorted(names) if name.lower().endswith(TEXTS))
 
         for file in files:
+            # The id is the file name: it must be text that txtai's database can store
+            if not encodable(file):
+                raise UsageError(f"{ascii(file)}: file name is not UTF-8 (rename the file)")
+
+            # Only regular files (or links to them) are read: opening a FIFO or a device would block or never end
+            try:
+                mode = os.stat(file).st_mode
+            except OSError as error:
+                raise UsageError(f"{file}: cannot read ({error.strerror})") from error
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"{file}: not a regular file ({kind(mode)})")
+
             try:
                 with open(file, encoding="utf-8") as f:
                     text = f.read()
@@ -200,7 +213,52 @@ def document(row, position, location):
     elif not isinstance(uid, (str, int)) or isinstance(uid, bool):
         raise UsageError(f"{location}: 'id' must be a string or an integer, got {type(uid).__name__}")
 
+    # JSON escapes can spell lone surrogates ("\udce9"): txtai's SQLite database cannot store them, and would fail after the model loads
+    for field, value in [("id", uid), ("text", text), *row.items()]:
+        if not encodable(value):
+            raise UsageError(f"{location}: '{field}' holds a lone surrogate (not valid Unicode text)")
+
     return {**{k: v for k, v in row.items() if k not in ("id", "text")}, "id": uid, "text": text}
+
+
+def encodable(value):
+    """
+    Checks that every string in a value (keys and nested values included) encodes as UTF-8.
+
+    Args:
+        value: str, number, list or dict
+
+    Returns:
+        True if UTF-8 can encode it
+    """
+
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(encodable(k) and encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(encodable(x) for x in value)
+
+    return True
+
+
+def kind(mode):
+    """
+    Names the type of a file that is not a regular file.
+
+    Args:
+        mode: st_mode
+
+    Returns:
+        str
+    """
+
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")]
+    return next((name for check, name in kinds if check(mode)), "not a regular file")
 
 
 def lines(handle, path):

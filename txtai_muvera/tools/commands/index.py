@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from ...core import files
 from .documents import Documents
 from .errors import UsageError
 
@@ -69,7 +70,10 @@ def run(args):
     from ...core.models import Checkpoint
 
     documents = Documents(args.input, args.format)
-    output = prepare(args.output, args.overwrite)
+
+    # A save interrupted between its renames is put back before the output is checked: it is the index there
+    with files.reading(args.output):
+        output = prepare(args.output, args.overwrite)
 
     # Validate every row before the model is loaded, so a bad row fails in seconds and names its line
     start = time.perf_counter()

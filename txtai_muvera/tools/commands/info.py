@@ -33,7 +33,10 @@ def run(args):
         info dict
     """
 
-    info = describe(args.index)
+    # Under the index's shared lock, after repairing an interrupted save: never a mix of two saves
+    with files.reading(args.index):
+        info = describe(args.index)
+
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -131,7 +134,8 @@ def readjson(file):
 
 def load(path):
     """
-    Loads a saved txtai-muvera index, checking its files first so a wrong path gives a one-line error.
+    Loads a saved txtai-muvera index, checking its files first so a wrong path gives a one-line error. A save interrupted
+    between its renames is repaired first, and the check and the load hold the index's shared lock (see `durable.load`).
 
     Args:
         path: index folder
@@ -145,7 +149,9 @@ def load(path):
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
 
-    describe(path)
-    embeddings = Embeddings()
-    embeddings.load(path)
+    with files.reading(path):
+        describe(path)
+        embeddings = Embeddings()
+        embeddings.load(path)
+
     return embeddings
