@@ -4,6 +4,7 @@ FDEIndex module tests
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -123,6 +124,8 @@ def test_delete_add(tmp_path, kind):
         ("flat", "pq", 0.5),
         ("ivf", "pq", 0.6),
         ("ivf", "sq8", 0.85),
+        ("flat", "binary", 0.25),
+        ("hnsw", "binary", 0.25),
     ],
 )
 def test_recall(kind, quantize, bound):
@@ -131,8 +134,9 @@ def test_recall(kind, quantize, bound):
     queries = vectors[rng.integers(0, 3000, 40)] + 0.1 * rng.standard_normal((40, DIM)).astype(np.float32)
     ids = np.arange(3000, dtype=np.int64)
 
-    index = FDEIndex(DIM, kind, quantize, pq={"m": 16})
+    index = FDEIndex(DIM, kind, quantize, pq={"m": 16, "train": 2000})
     index.index(ids, vectors)
+    assert index.config.get("trained", True)
     value = recall(index, vectors, ids, queries, 10)
     assert value >= bound, f"{kind}/{quantize} recall@10 {value}"
 
@@ -172,6 +176,217 @@ def test_errors_empty(tmp_path):
     index.add([1, 2], np.eye(2, DIM, dtype=np.float32))
     index.save(tmp_path / "ann")
     header = json.loads((tmp_path / "ann" / "header.json").read_text())
-    (tmp_path / "ann" / "header.json").write_text(json.dumps({**header, "version": 2}))
-    with pytest.raises(ValueError, match="version 2"):
+    (tmp_path / "ann" / "header.json").write_text(json.dumps({**header, "version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
         FDEIndex.load(tmp_path / "ann")
+
+
+def signed(vectors, ids, queries, limit):
+    """
+    Loop twin of binary re-scoring: each query against the +-1 sign codes of every vector, best first.
+    """
+
+    results = []
+    for query in queries:
+        scores = np.array([float(np.dot(np.where(vector > 0, 1.0, -1.0), query)) for vector in vectors], dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")[:limit]
+        results.append((scores[order], ids[order]))
+
+    return results
+
+
+def test_binary_rescore(tmp_path):
+    rng = np.random.default_rng(4)
+    vectors = clustered(rng, 400)
+    queries = vectors[:20] + 0.1 * rng.standard_normal((20, DIM)).astype(np.float32)
+    ids = np.arange(400, dtype=np.int64) * 5 + 1
+
+    # Enough Hamming candidates to cover the collection: results equal the exact +-1 scores of the loop twin
+    index = FDEIndex(DIM, "flat", "binary", binary={"rescore": 40})
+    index.index(ids, vectors)
+    scores, found = index.search(queries, 10)
+    for x, (escores, eids) in enumerate(signed(vectors, ids, queries, 10)):
+        np.testing.assert_allclose(scores[x], escores, rtol=1e-4, atol=1e-4)
+        assert set(found[x].tolist()) == set(eids.tolist()) or np.allclose(sorted(scores[x]), sorted(escores), atol=1e-4)
+
+    # Deletes, adds and a save / load round trip keep codes and ids aligned
+    index.delete(ids[:200])
+    index.add([9001], vectors[:1])
+    assert index.count() == 201
+    _, found = index.search(queries, 10)
+    assert not np.isin(found, ids[:200]).any() and 9001 in found[0]
+    index.save(tmp_path / "binary")
+    loaded = FDEIndex.load(tmp_path / "binary")
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], found)
+    assert loaded.config == index.config and loaded.config["binary"] == {"rescore": 40}
+
+    # HNSW over binary codes filters deleted ids; padding when limit > count
+    index = FDEIndex(DIM, "hnsw", "binary")
+    index.index(ids, vectors)
+    index.delete(ids[::2])
+    scores, found = index.search(queries, 300)
+    assert not np.isin(found, ids[::2]).any() and (found[:, 200:] == -1).all() and np.isneginf(scores[:, 200:]).all()
+
+    with pytest.raises(ValueError, match="binary"):
+        FDEIndex(DIM, "ivf", "binary")
+    with pytest.raises(ValueError, match="binary"):
+        FDEIndex(DIM + 1, "flat", "binary")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_pq_training(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    vectors = clustered(rng, 1200)
+    ids = np.arange(1200, dtype=np.int64)
+    queries = vectors[:20] + 0.1 * rng.standard_normal((20, DIM)).astype(np.float32)
+
+    # Below pq.train: stored uncompressed, said so in config, exact on a flat index
+    index = FDEIndex(DIM, kind, "pq", pq={"m": 16, "train": 1000})
+    index.index(ids[:600], vectors[:600])
+    assert index.config["trained"] is False and index.config["type"] == kind
+    if kind == "flat":
+        _, found = index.search(queries, 10)
+        for x, (_, eids) in enumerate(brute(vectors[:600], ids[:600], queries, 10)):
+            assert found[x].tolist() == eids.tolist()
+
+    # Deleted ids stay deleted through the training rebuild; saved untrained state loads as such
+    index.delete(ids[:10])
+    index.save(tmp_path / "small")
+    assert FDEIndex.load(tmp_path / "small").config["trained"] is False
+
+    # The add that reaches pq.train trains and compresses everything, keeping the index type
+    index.add(ids[600:1100], vectors[600:1100])
+    assert index.config["trained"] is True and index.config["type"] == kind and index.count() == 1090
+    _, found = index.search(queries, 10, efsearch=200, nprobe=64)
+    assert not np.isin(found, ids[:10]).any()
+    assert recall(index, vectors[10:1100], ids[10:1100], queries, 10, efsearch=200, nprobe=64) >= 0.5
+
+    # Later adds keep the trained quantizer (upserts): codebooks are unchanged
+    pq = faiss.downcast_index(index.backend if kind == "ivf" else index.backend.index)
+    pq = pq.pq if hasattr(pq, "pq") else faiss.downcast_index(pq.storage).pq
+    before = faiss.vector_to_array(pq.centroids).copy()
+    index.add(ids[1100:], vectors[1100:])
+    np.testing.assert_array_equal(before, faiss.vector_to_array(pq.centroids))
+
+    index.save(tmp_path / "trained")
+    loaded = FDEIndex.load(tmp_path / "trained")
+    assert loaded.config == index.config and loaded.count() == 1190
+    np.testing.assert_array_equal(loaded.search(queries, 10, efsearch=200)[1], index.search(queries, 10, efsearch=200)[1])
+
+    # index() with enough vectors trains right away
+    index.index(ids, vectors)
+    assert index.config["trained"] is True
+
+
+def test_pq_fastscan():
+    rng = np.random.default_rng(6)
+    vectors = clustered(rng, 3000, clusters=50)
+    queries = vectors[rng.integers(0, 3000, 40)] + 0.1 * rng.standard_normal((40, DIM)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64)
+
+    # 4-bit codes: 16 centroids per sub-vector, trained from 256 vectors by default
+    index = FDEIndex(DIM, "flat", "pq", pq={"m": 32, "nbits": 4})
+    index.index(ids, vectors)
+    assert index.config["pq"] == {"m": 32, "nbits": 4, "train": 256} and index.config["trained"] is True
+    assert recall(index, vectors, ids, queries, 10) >= 0.6
+    index.delete(ids[:1500])
+    assert not np.isin(index.search(queries, 10)[1], ids[:1500]).any()
+
+
+def test_nonfinite():
+    rng = np.random.default_rng(7)
+    vectors = clustered(rng, 100)
+    index = FDEIndex(DIM, "flat")
+    index.index(np.arange(100), vectors)
+
+    for value in (np.nan, np.inf, -np.inf):
+        bad = vectors[:3].copy()
+        bad[1, 5] = value
+        with pytest.raises(ValueError, match=r"NaN or infinity: 1 rows, first ids \[101\]"):
+            index.add([100, 101, 102], bad)
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            index.search(bad, 5)
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            FDEIndex(DIM).index([1, 2, 3], bad)
+
+    # Nothing of a rejected batch was added
+    assert index.count() == 100
+
+
+@pytest.mark.parametrize("quantize", [None, "binary"])
+def test_checksums(tmp_path, quantize):
+    rng = np.random.default_rng(8)
+    vectors = clustered(rng, 200)
+    index = FDEIndex(DIM, "flat", quantize)
+    index.index(np.arange(200), vectors)
+    index.delete([3, 4])
+    index.save(tmp_path / "ann")
+    header = json.loads((tmp_path / "ann" / "header.json").read_text())
+    assert set(header["checksums"]) == {"index.faiss", "deleted.npy"}
+
+    # One flipped bit in any file fails the load and names the file
+    for name in ("index.faiss", "deleted.npy"):
+        folder = tmp_path / name
+        index.save(folder)
+        data = bytearray((folder / name).read_bytes())
+        data[len(data) - 9] ^= 0x10
+        (folder / name).write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=f"{name}: checksum mismatch"):
+            FDEIndex.load(folder)
+
+    # A header without a checksum for a file is refused
+    del header["checksums"]["deleted.npy"]
+    (tmp_path / "ann" / "header.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match="no checksum"):
+        FDEIndex.load(tmp_path / "ann")
+
+
+@pytest.mark.parametrize("kind, quantize", [("flat", None), ("hnsw", None), ("flat", "pq"), ("ivf", "sq8")])
+def test_version1(tmp_path, kind, quantize):
+    # A version 1 save: same files, header without checksums, binary options or PQ training state
+    rng = np.random.default_rng(9)
+    vectors = clustered(rng, 500)
+    queries = vectors[:10]
+    index = FDEIndex(DIM, kind, quantize, pq={"m": 16, "train": 256})
+    index.index(np.arange(500), vectors)
+    index.delete([1, 2])
+    index.save(tmp_path / "ann")
+
+    header = json.loads((tmp_path / "ann" / "header.json").read_text())
+    header["version"] = 1
+    del header["checksums"]
+    header["config"].pop("binary")
+    header["config"].pop("trained", None)
+    header["config"]["pq"] = {key: value for key, value in header["config"]["pq"].items() if key in ("m", "nbits")}
+    (tmp_path / "ann" / "header.json").write_text(json.dumps(header))
+
+    loaded = FDEIndex.load(tmp_path / "ann")
+    assert loaded.count() == 498 and loaded.config["type"] == kind
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    loaded.add([1000], vectors[:1])
+    assert loaded.count() == 499
+
+
+def test_version1_ivf(tmp_path):
+    # Version 1 wrapped IVF in IndexIDMap2: loading moves the ids into the IVF lists, so later deletes keep ids aligned
+    rng = np.random.default_rng(10)
+    vectors = clustered(rng, 1000)
+    ids = np.arange(1000, dtype=np.int64) * 7
+
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, 25, faiss.METRIC_INNER_PRODUCT)
+    backend = faiss.IndexIDMap2(ivf)
+    backend.train(vectors)
+    backend.add_with_ids(vectors, ids)
+    (tmp_path / "ann").mkdir()
+    faiss.write_index(backend, str(tmp_path / "ann" / "index.faiss"))
+    np.save(tmp_path / "ann" / "deleted.npy", np.zeros(0, dtype=np.int64))
+    config = {"index": "ivf", "type": "ivf", "threshold": 5000, "quantize": None, "hnsw": {}, "ivf": {"nlist": 25, "nprobe": 25}, "pq": {}}
+    header = {"format": "txtai-muvera-fdeindex", "version": 1, "dimensions": DIM, "count": 1000, "config": config}
+    (tmp_path / "ann" / "header.json").write_text(json.dumps(header))
+
+    # nprobe covers every list: results equal brute force before and after deletes
+    index = FDEIndex.load(tmp_path / "ann")
+    queries = vectors[:10]
+    assert index.search(queries, 5)[1].tolist() == [x[1].tolist() for x in brute(vectors, ids, queries, 5)]
+    index.delete(ids[:500])
+    assert index.search(queries, 5)[1].tolist() == [x[1].tolist() for x in brute(vectors[500:], ids[500:], queries, 5)]

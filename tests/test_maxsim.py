@@ -186,3 +186,40 @@ def test_rerank():
     tensors = rerank(ids[:1], torch.from_numpy(queries[0]), [[torch.from_numpy(x) for x in candidates[0]]])
     assert tensors[0] == results[0] or np.allclose([x["score"] for x in tensors[0]], [x["score"] for x in results[0]])
     assert rerank([[]], queries[:1], [[]]) == [[]]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite(value):
+    rng = np.random.default_rng(11)
+    query = rng.standard_normal((4, 8)).astype(np.float32)
+    documents = [rng.standard_normal((n, 8)).astype(np.float32) for n in (3, 0, 5, 2)]
+
+    # A bad document token is named by the document's position, for every stored dtype
+    bad = [x.copy() for x in documents]
+    bad[2][4, 1] = value
+    tokens, offsets = np.concatenate(bad), np.array([0, 3, 3, 8, 10])
+    for dtype in (np.float32, np.float16):
+        with pytest.raises(ValueError, match=r"NaN or infinity: 1 documents, first positions \[2\]"):
+            maxsim_flat(query, tokens.astype(dtype), offsets)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        maxsim_flat(query, np.ones((10, 8), dtype=np.int8), offsets, scale=np.where(np.arange(10) == 9, value, 1.0).astype(np.float32))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        maxsim([query], bad)
+
+    # A bad query token
+    badquery = query.copy()
+    badquery[0, 0] = value
+    with pytest.raises(ValueError, match="query tokens hold NaN or infinity"):
+        maxsim_flat(badquery, np.concatenate(documents), offsets)
+
+    # Padded kernel: bad real tokens are refused, padding may hold anything
+    padded = np.zeros((2, 5, 8), dtype=np.float32)
+    padded[0, :3], padded[1, :2] = documents[0], documents[3]
+    mask = np.zeros((2, 5), dtype=bool)
+    mask[0, :3], mask[1, :2] = True, True
+    padded[1, 4, 0] = value
+    scores = maxsim_padded(query[None], np.ones((1, 4), dtype=bool), padded, mask)
+    np.testing.assert_allclose(scores[0], [loopscore(query, documents[0]), loopscore(query, documents[3])], rtol=1e-5)
+    padded[1, 1, 0] = value
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        maxsim_padded(query[None], np.ones((1, 4), dtype=bool), padded, mask)

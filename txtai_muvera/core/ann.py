@@ -10,11 +10,11 @@ import numpy as np
 
 from . import files
 
-# Saved format name and version, checked at load
-FORMAT, VERSION = "txtai-muvera-fdeindex", 1
+# Saved format name, version written and versions read (version 1: no checksums, no binary codes)
+FORMAT, VERSION, VERSIONS = "txtai-muvera-fdeindex", 2, (1, 2)
 
 # Accepted settings
-INDEXES, QUANTIZE = ("auto", "flat", "hnsw", "ivf"), (None, "sq8", "pq")
+INDEXES, QUANTIZE = ("auto", "flat", "hnsw", "ivf"), (None, "sq8", "pq", "binary")
 
 # Defaults chosen with benchmarks/ann.py on 10k clustered FDEs of 10,240 dims, 2 cores:
 #  - exact search reads n * dims * 4 bytes per query (memory bound, ~10 ms per 3,000 documents at 10,240 dims), so auto
@@ -24,6 +24,15 @@ INDEXES, QUANTIZE = ("auto", "flat", "hnsw", "ivf"), (None, "sq8", "pq")
 THRESHOLD = 5000
 HNSW = {"m": 32, "efconstruction": 100, "efsearch": 128}
 IVF = {"nlist": None, "nprobe": 64}
+
+# Product quantisation: m sub-quantizers (None = largest divisor of dims <= dims / 16), nbits per code (8: 256 centroids per
+# sub-vector, MUVERA's PQ-256-8 is m = dims / 8; 4: 16 centroids, ~16x faster to train, fast-scan search on flat indexes),
+# train: fewest vectors a PQ is trained on (None = 16 * 2^nbits); smaller collections are stored uncompressed until they grow
+PQ = {"m": None, "nbits": 8, "train": None}
+
+# Binary codes (one sign bit per dimension): rescore * limit Hamming candidates are re-scored by the float query against the
+# +-1 codes (asymmetric inner product), best first
+BINARY = {"rescore": 4}
 
 
 class FDEIndex:
@@ -38,25 +47,34 @@ class FDEIndex:
         On FDEs IVF needs to visit many lists: prefer hnsw
       - auto: flat when index() gets at most `threshold` vectors, hnsw above. The choice holds until the next index().
 
-    quantize compresses stored vectors: sq8 (8 bits per dimension) or pq (product quantisation, m sub-quantizers with
-    dimensions % m == 0, by default the largest divisor of dimensions <= dimensions / 16, 8 bits each).
+    quantize compresses stored vectors:
+      - sq8: 8 bits per dimension (trained on the min/max of the first index() call)
+      - pq: product quantisation, see PQ. Needs `pq.train` vectors to train: index() with fewer stores them uncompressed
+        (config `trained: false`) and the first add() that reaches `pq.train` vectors trains and compresses everything
+      - binary: one sign bit per dimension (faiss binary flat or HNSW, no IVF), Hamming search then float re-scoring
+
+    Trained quantizers (sq8, pq, IVF lists) are kept on add(): compressed codes cannot be retrained without the original
+    vectors, and MUVERA's projections are fixed, so the first vectors describe later ones. index() trains anew.
 
     Searching one built index from many threads at once is safe in faiss; add, delete and index must not run
     concurrently with anything else.
     """
 
-    def __init__(self, dimensions, index="auto", quantize=None, threshold=THRESHOLD, hnsw=None, ivf=None, pq=None):
+    # pylint: disable=R0913,R0917
+    def __init__(self, dimensions, index="auto", quantize=None, threshold=THRESHOLD, hnsw=None, ivf=None, pq=None, binary=None, trained=None):
         """
         Creates an empty index.
 
         Args:
             dimensions: vector dimensions
             index: auto, flat, hnsw or ivf
-            quantize: None, sq8 or pq
+            quantize: None, sq8, pq or binary
             threshold: largest number of documents indexed exactly when index is auto
             hnsw: dict with m, efconstruction, efsearch
             ivf: dict with nlist (None = sqrt(n)), nprobe
-            pq: dict with m (sub-quantizers, must divide dimensions), nbits (default 8)
+            pq: dict with m (sub-quantizers, must divide dimensions), nbits (8 or 4), train (fewest training vectors)
+            binary: dict with rescore (Hamming candidates per result re-scored in float)
+            trained: resolved state written into config, ignored here (the data decides)
         """
 
         if index not in INDEXES:
@@ -67,18 +85,27 @@ class FDEIndex:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions}")
         if int(threshold) < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if quantize == "binary" and (index == "ivf" or int(dimensions) % 8):
+            raise ValueError(f"binary codes need dimensions divisible by 8 and index flat, hnsw or auto, got {dimensions} and {index!r}")
 
         self.dimensions, self.type, self.quantize, self.threshold = int(dimensions), index, quantize, int(threshold)
-        self.hnsw, self.ivf, self.pq = {**HNSW, **(hnsw or {})}, {**IVF, **(ivf or {})}, dict(pq or {})
+        self.hnsw, self.ivf = {**HNSW, **(hnsw or {})}, {**IVF, **(ivf or {})}
+        self.pq, self.binary = {**PQ, **(pq or {})}, {**BINARY, **(binary or {})}
 
         if quantize == "pq":
-            m = int(self.pq.get("m") or pqsize(self.dimensions))
+            m, nbits = int(self.pq.get("m") or pqsize(self.dimensions)), int(self.pq["nbits"])
             if m <= 0 or self.dimensions % m:
                 raise ValueError(f"pq m must divide dimensions ({self.dimensions}), got {m}")
-            self.pq["m"] = m
+            if not 1 <= nbits <= 16:
+                raise ValueError(f"pq nbits must be in 1..16, got {nbits}")
+            self.pq["m"], self.pq["nbits"] = m, nbits
+            self.pq["train"] = int(self.pq["train"] if self.pq["train"] is not None else 16 * 2**nbits)
+        if int(self.binary["rescore"]) < 1:
+            raise ValueError(f"binary rescore must be >= 1, got {self.binary['rescore']}")
 
-        # Resolved index type, faiss index and ids deleted but still stored (hnsw)
-        self.kind, self.backend, self.deleted = None, None, np.zeros(0, dtype=np.int64)
+        # Resolved index type, faiss index, ids deleted but still stored (hnsw), whether the quantizer is trained and an id to
+        # code row lookup for binary re-scoring (built on first use)
+        self.kind, self.backend, self.deleted, self.trained, self.lookup = None, None, np.zeros(0, dtype=np.int64), None, None
 
     def index(self, ids, vectors):
         """
@@ -90,18 +117,13 @@ class FDEIndex:
         """
 
         ids, vectors = self.inputs(ids, vectors)
-
-        self.kind = self.type if self.type != "auto" else ("flat" if len(ids) <= self.threshold else "hnsw")
-        self.backend = faiss.IndexIDMap2(self.create(len(ids)))
-        self.deleted = np.zeros(0, dtype=np.int64)
-
-        if not self.backend.is_trained:
-            self.backend.train(vectors)
-        self.backend.add_with_ids(vectors, ids)
+        kind = self.type if self.type != "auto" else ("flat" if len(ids) <= self.threshold else "hnsw")
+        self.build(kind, ids, vectors)
 
     def add(self, ids, vectors):
         """
-        Adds vectors for new ids. Builds the index when it is empty.
+        Adds vectors for new ids. Builds the index when it is empty. An untrained PQ index that reaches `pq.train` vectors is
+        trained and compressed here, keeping its index type.
 
         Args:
             ids: int64 ids
@@ -113,11 +135,18 @@ class FDEIndex:
             return
 
         ids, vectors = self.inputs(ids, vectors)
-        existing = np.intersect1d(ids, faiss.vector_to_array(self.backend.id_map))
+        existing = np.intersect1d(ids, self.stored())
         if len(existing):
             raise ValueError(f"Ids already in the index: {existing[:10].tolist()}")
 
-        self.backend.add_with_ids(vectors, ids)
+        if self.trained is False and self.count() + len(ids) >= self.pq["train"]:
+            # Uncompressed vectors are exact: rebuild compressed from them plus the new ones
+            live, stored = self.vectors()
+            self.build(self.kind, np.concatenate([live, ids]), np.concatenate([stored, vectors]))
+            return
+
+        self.backend.add_with_ids(self.encode(vectors), ids)
+        self.lookup = None
 
     def delete(self, ids):
         """
@@ -133,10 +162,12 @@ class FDEIndex:
 
         if self.kind == "hnsw":
             # HNSW graphs cannot drop nodes: remember deleted ids and filter them out at search time
-            ids = np.intersect1d(ids, faiss.vector_to_array(self.backend.id_map))
+            ids = np.intersect1d(ids, self.stored())
             self.deleted = np.union1d(self.deleted, ids)
         else:
-            self.backend.remove_ids(faiss.IDSelectorBatch(ids))
+            # IVF's id hash table removes only by IDSelectorArray
+            self.backend.remove_ids(faiss.IDSelectorArray(ids) if self.kind == "ivf" else faiss.IDSelectorBatch(ids))
+            self.lookup = None
 
     def search(self, queries, limit, efsearch=None, nprobe=None):
         """
@@ -145,7 +176,7 @@ class FDEIndex:
         Args:
             queries: float32 (nq, dimensions), or one (dimensions,) query
             limit: maximum results per query
-            efsearch: HNSW search depth, defaults to the configured efsearch, raised to limit when lower
+            efsearch: HNSW search depth, defaults to the configured efsearch, raised to the number of candidates fetched
             nprobe: IVF lists to visit, defaults to the configured nprobe
 
         Returns:
@@ -153,8 +184,9 @@ class FDEIndex:
         """
 
         queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
-        if queries.shape[1] != self.dimensions:
-            raise ValueError(f"Queries have {queries.shape[1]} dimensions, index has {self.dimensions}")
+        if queries.ndim != 2 or queries.shape[1] != self.dimensions:
+            raise ValueError(f"Queries have {queries.shape[-1]} dimensions, index has {self.dimensions}")
+        finite(queries, "Query")
 
         limit = int(limit)
         if limit < 0:
@@ -164,10 +196,14 @@ class FDEIndex:
         if self.backend is None or not self.count() or not limit or not len(queries):
             return scores, ids
 
+        # Binary codes fetch rescore x limit Hamming candidates, re-scored below
+        binary = self.quantize == "binary"
+        fetch = limit * int(self.binary["rescore"]) if binary else limit
+
         # Search parameters, keeping selector objects referenced until the search is done
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.deleted)) if len(self.deleted) else None
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(int(efsearch or self.hnsw["efsearch"]), limit))
+            params = faiss.SearchParametersHNSW(efSearch=max(int(efsearch or self.hnsw["efsearch"]), fetch))
         elif self.kind == "ivf":
             params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.ivf["nprobe"]))
         else:
@@ -176,12 +212,17 @@ class FDEIndex:
         if selector is not None:
             params.sel = selector
 
-        scores, ids = self.backend.search(queries, limit, params=params)
+        scores, ids = self.backend.search(self.encode(queries), fetch, params=params)
 
         # Never return deleted ids, even if a selector let one through
         missing = (ids < 0) | np.isin(ids, self.deleted)
-        scores[missing], ids[missing] = -np.inf, -1
-        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+        ids[missing] = -1
+        if binary:
+            return self.rescore(queries, ids, limit)
+
+        scores = scores.astype(np.float32)
+        scores[missing] = -np.inf
+        return scores, ids.astype(np.int64, copy=False)
 
     def count(self):
         """
@@ -209,12 +250,17 @@ class FDEIndex:
             config["ivf"] = dict(self.ivf)
         if self.quantize == "pq":
             config["pq"] = dict(self.pq)
+            if self.trained is not None:
+                config["trained"] = self.trained
+        if self.quantize == "binary":
+            config["binary"] = dict(self.binary)
 
         return config
 
     def save(self, path):
         """
-        Saves the index to the directory path: header.json, index.faiss (faiss.write_index) and deleted.npy.
+        Saves the index to the directory path: header.json, index.faiss (faiss.write_index or write_index_binary) and
+        deleted.npy. The header records each file's checksum (files.digest), verified at load.
 
         The files are written into a new temporary sibling directory, which then replaces path with renames (see
         TokenStore.save): a crash leaves the previous save intact.
@@ -226,8 +272,11 @@ class FDEIndex:
         path = os.path.abspath(path)
         tmp = files.tempdir(path)
         try:
+            names = ["deleted.npy"]
             if self.backend is not None:
-                faiss.write_index(self.backend, os.path.join(tmp, "index.faiss"))
+                write = faiss.write_index_binary if self.quantize == "binary" else faiss.write_index
+                write(self.backend, os.path.join(tmp, "index.faiss"))
+                names.append("index.faiss")
             np.save(os.path.join(tmp, "deleted.npy"), self.deleted, allow_pickle=False)
 
             header = {
@@ -235,7 +284,8 @@ class FDEIndex:
                 "version": VERSION,
                 "dimensions": self.dimensions,
                 "count": self.count(),
-                "config": {**self.config, "hnsw": self.hnsw, "ivf": self.ivf, "pq": self.pq},
+                "config": {**self.config, "hnsw": self.hnsw, "ivf": self.ivf, "pq": self.pq, "binary": self.binary},
+                "checksums": {name: files.digest(os.path.join(tmp, name)) for name in names},
             }
             files.writeheader(tmp, header)
 
@@ -247,7 +297,7 @@ class FDEIndex:
     @classmethod
     def load(cls, path):
         """
-        Loads an index saved with save.
+        Loads an index saved with save (format version 1 or 2). Version 2 files must match their recorded checksums.
 
         Args:
             path: directory path
@@ -257,26 +307,69 @@ class FDEIndex:
         """
 
         path = os.path.abspath(path)
-        header = files.readheader(os.path.join(path, "header.json"), "FDE index", FORMAT, VERSION)
+        header = readheader(os.path.join(path, "header.json"))
 
         config = header["config"]
-        index = cls(header["dimensions"], config["index"], config["quantize"], config["threshold"], config["hnsw"], config["ivf"], config["pq"])
+        index = cls(
+            header["dimensions"], config["index"], config["quantize"], config["threshold"], config["hnsw"], config["ivf"], config["pq"], config.get("binary")
+        )
         index.kind = config["type"]
 
-        indexfile = os.path.join(path, "index.faiss")
+        indexfile, deletedfile = os.path.join(path, "index.faiss"), os.path.join(path, "deleted.npy")
         if index.kind is not None:
-            if not os.path.isfile(indexfile):
-                raise FileNotFoundError(f"FDE index file missing: {indexfile}")
+            for file in (indexfile, deletedfile):
+                if not os.path.isfile(file):
+                    raise FileNotFoundError(f"FDE index file missing: {file}")
+                verify(file, header)
             try:
-                index.backend = faiss.read_index(indexfile)
+                read = faiss.read_index_binary if index.quantize == "binary" else faiss.read_index
+                index.backend = read(indexfile)
             except RuntimeError as error:
                 raise ValueError(f"Corrupt FDE index file {indexfile}: {error}") from error
-            index.deleted = np.load(os.path.join(path, "deleted.npy"), allow_pickle=False).astype(np.int64)
+            try:
+                index.deleted = np.load(deletedfile, allow_pickle=False).astype(np.int64).reshape(-1)
+            except ValueError as error:
+                raise ValueError(f"Corrupt FDE index file {deletedfile}: {error}") from error
+
+            if index.kind == "ivf" and isinstance(index.backend, faiss.IndexIDMap2):
+                index.backend = unwrap(index.backend, indexfile)
 
             if index.backend.d != index.dimensions or index.count() != header["count"]:
                 raise ValueError(f"FDE index file {indexfile} does not match its header (dimensions, count)")
 
+            # Version 1 PQ indexes were always trained; version 2 records it
+            if index.quantize == "pq":
+                index.trained = bool(config.get("trained", True))
+
         return index
+
+    def build(self, kind, ids, vectors):
+        """
+        Builds a new backend of kind from ids and vectors, training it when needed.
+
+        Args:
+            kind: resolved index type
+            ids: int64 ids
+            vectors: float32 vectors
+        """
+
+        # PQ with fewer vectors than it trains on stays uncompressed until add() reaches pq.train
+        self.kind = kind
+        self.trained = (len(ids) >= self.pq["train"]) if self.quantize == "pq" else None
+        backend = self.create(len(ids))
+        if self.quantize == "binary":
+            backend = faiss.IndexBinaryIDMap2(backend)
+        elif kind == "ivf":
+            # IVF lists hold ids themselves (IndexIDMap2 would misalign ids after a remove); a hash table finds them by id
+            backend.set_direct_map_type(faiss.DirectMap.Hashtable)
+        else:
+            backend = faiss.IndexIDMap2(backend)
+
+        if not backend.is_trained:
+            backend.train(vectors)
+        backend.add_with_ids(self.encode(vectors), ids)
+
+        self.backend, self.deleted, self.lookup = backend, np.zeros(0, dtype=np.int64), None
 
     def create(self, count):
         """
@@ -290,21 +383,25 @@ class FDEIndex:
         """
 
         d, metric, kind = self.dimensions, faiss.METRIC_INNER_PRODUCT, self.kind
+        quantize = None if self.trained is False else self.quantize
 
-        # PQ needs at least 2^nbits training points
-        nbits = int(self.pq.get("nbits", 8))
-        if self.quantize == "pq":
-            nbits = max(1, min(nbits, int(math.log2(max(count, 2)))))
-            self.pq["nbits"] = nbits
+        if quantize == "binary":
+            if kind == "hnsw":
+                index = faiss.IndexBinaryHNSW(d, int(self.hnsw["m"]))
+                index.hnsw.efConstruction = int(self.hnsw["efconstruction"])
+                index.hnsw.efSearch = int(self.hnsw["efsearch"])
+                return index
+            return faiss.IndexBinaryFlat(d)
 
+        m, nbits = self.pq.get("m"), int(self.pq.get("nbits") or 8)
         if kind == "hnsw":
-            m = int(self.hnsw["m"])
-            if self.quantize == "sq8":
-                index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, m, metric)
-            elif self.quantize == "pq":
-                index = faiss.IndexHNSWPQ(d, self.pq["m"], m, nbits, metric)
+            hm = int(self.hnsw["m"])
+            if quantize == "sq8":
+                index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, hm, metric)
+            elif quantize == "pq":
+                index = faiss.IndexHNSWPQ(d, m, hm, nbits, metric)
             else:
-                index = faiss.IndexHNSWFlat(d, m, metric)
+                index = faiss.IndexHNSWFlat(d, hm, metric)
             index.hnsw.efConstruction = int(self.hnsw["efconstruction"])
             index.hnsw.efSearch = int(self.hnsw["efsearch"])
             return index
@@ -314,10 +411,10 @@ class FDEIndex:
             nlist = max(1, min(int(nlist), count))
             self.ivf["nlist"] = nlist
             quantizer = faiss.IndexFlatIP(d)
-            if self.quantize == "sq8":
+            if quantize == "sq8":
                 index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, metric)
-            elif self.quantize == "pq":
-                index = faiss.IndexIVFPQ(quantizer, d, nlist, self.pq["m"], nbits, metric)
+            elif quantize == "pq":
+                index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, metric)
             else:
                 index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
             index.nprobe = int(self.ivf["nprobe"])
@@ -327,12 +424,113 @@ class FDEIndex:
             quantizer.this.disown()
             return index
 
-        if self.quantize == "sq8":
+        if quantize == "sq8":
             return faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, metric)
-        if self.quantize == "pq":
-            return faiss.IndexPQ(d, self.pq["m"], nbits, metric)
+        if quantize == "pq":
+            # 4-bit codes use faiss's fast-scan layout (SIMD lookups in registers)
+            return faiss.IndexPQFastScan(d, m, nbits, metric) if nbits == 4 else faiss.IndexPQ(d, m, nbits, metric)
 
         return faiss.IndexFlatIP(d)
+
+    def encode(self, vectors):
+        """
+        Converts float vectors to what the backend stores: sign bits for binary codes, the vectors themselves otherwise.
+
+        Args:
+            vectors: float32 (n, dimensions)
+
+        Returns:
+            float32 vectors or uint8 (n, dimensions / 8) codes
+        """
+
+        return np.packbits(vectors > 0, axis=1) if self.quantize == "binary" else vectors
+
+    def rescore(self, queries, ids, limit):
+        """
+        Re-scores binary Hamming candidates with the float query against the +-1 codes: q . (2 * bits - 1), best first.
+
+        Args:
+            queries: float32 (nq, dimensions)
+            ids: int64 (nq, fetch) Hamming candidates, -1 for none
+            limit: results per query
+
+        Returns:
+            (scores float32 (nq, limit), ids int64 (nq, limit))
+        """
+
+        codes, positions = self.codes(ids)
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        for x, query in enumerate(queries):
+            valid = positions[x] >= 0
+            if valid.any():
+                bits = np.unpackbits(codes[positions[x][valid]], axis=1, count=self.dimensions).astype(np.float32)
+                scores[x, valid] = 2.0 * (bits @ query) - query.sum()
+
+        # Stable sort keeps Hamming order among ties; -1 ids sort last with -inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :limit]
+        scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        ids[np.isneginf(scores)] = -1
+        return padded(scores, ids, limit)
+
+    def codes(self, ids):
+        """
+        Binary code rows of ids, without copying the codes: a view of the stored codes and each id's row (-1 for none).
+
+        Args:
+            ids: int64 array of ids, -1 for none
+
+        Returns:
+            (uint8 (n, dimensions / 8) view of every stored code, int64 row positions shaped like ids)
+        """
+
+        if self.lookup is None:
+            stored = self.stored()
+            order = np.argsort(stored, kind="stable")
+            self.lookup = (stored[order], order.astype(np.int64))
+
+        inner = faiss.downcast_IndexBinary(self.backend.index)
+        storage = faiss.downcast_IndexBinary(inner.storage) if self.kind == "hnsw" else inner
+        codes = faiss.rev_swig_ptr(storage.xb.data(), storage.xb.size()).reshape(-1, self.dimensions // 8)
+
+        keys, order = self.lookup
+        slots = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
+        found = (ids >= 0) & (keys[slots] == ids) if len(keys) else np.zeros(ids.shape, dtype=bool)
+        return codes, np.where(found, order[slots] if len(keys) else -1, -1)
+
+    def stored(self):
+        """
+        Ids held by the backend, deleted HNSW ids included, in storage order.
+
+        Returns:
+            int64 array
+        """
+
+        if self.backend is None:
+            return np.zeros(0, dtype=np.int64)
+        if self.kind != "ivf":
+            return faiss.vector_to_array(self.backend.id_map).astype(np.int64)
+
+        lists = faiss.extract_index_ivf(self.backend).invlists
+        ids = [faiss.rev_swig_ptr(lists.get_ids(x), lists.list_size(x)).copy() for x in range(lists.nlist) if lists.list_size(x)]
+        return np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
+
+    def vectors(self):
+        """
+        Live ids and their exact vectors, from an uncompressed float backend.
+
+        Returns:
+            (int64 ids, float32 (n, dimensions) vectors)
+        """
+
+        stored = self.stored()
+        if not len(stored):
+            vectors = np.zeros((0, self.dimensions), np.float32)
+        elif self.kind == "ivf":
+            vectors = self.backend.reconstruct_batch(stored)
+        else:
+            vectors = self.backend.index.reconstruct_n(0, len(stored))
+        live = ~np.isin(stored, self.deleted)
+        return stored[live], np.ascontiguousarray(vectors[live])
 
     def inputs(self, ids, vectors):
         """
@@ -352,8 +550,106 @@ class FDEIndex:
             raise ValueError(f"Expected {len(ids)} vectors of {self.dimensions} dimensions, got shape {vectors.shape}")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("Duplicate ids in batch")
+        finite(vectors, "Vector", ids)
 
         return ids, vectors
+
+
+def unwrap(backend, file):
+    """
+    Converts a version 1 IVF index (IVF inside IndexIDMap2) to an IVF index that holds its ids in its lists.
+
+    Args:
+        backend: IndexIDMap2 over an IVF index
+        file: index file, for the message
+
+    Returns:
+        IVF index with a hash table direct map
+    """
+
+    idmap = faiss.vector_to_array(backend.id_map).astype(np.int64)
+    index = faiss.clone_index(faiss.downcast_index(backend.index))
+    lists = index.invlists
+    for x in range(index.nlist):
+        size = lists.list_size(x)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(x), size)
+            if ids.min() < 0 or ids.max() >= len(idmap):
+                raise ValueError(f"FDE index file {file} (version 1 IVF saved after deletes) has misaligned ids: rebuild it")
+            ids[:] = idmap[ids]
+
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return index
+
+
+def finite(vectors, what, ids=None):
+    """
+    Raises a ValueError naming the first row that holds NaN or infinity.
+
+    Args:
+        vectors: float32 (n, dimensions)
+        what: row name for the message
+        ids: row ids for the message, None to use positions
+    """
+
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        names = (ids[rows] if ids is not None else rows)[:10].tolist()
+        raise ValueError(f"{what} rows hold NaN or infinity: {len(rows)} rows, first {'ids' if ids is not None else 'rows'} {names}")
+
+
+def padded(scores, ids, limit):
+    """
+    Pads (nq, n <= limit) results to (nq, limit) with score -inf and id -1.
+    """
+
+    if scores.shape[1] < limit:
+        extra = limit - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=-1)
+
+    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+def readheader(file):
+    """
+    Reads an FDE index header of any readable version.
+
+    Args:
+        file: header.json path
+
+    Returns:
+        header dict
+    """
+
+    header = files.readjson(file, "FDE index header")
+    if header.get("format") != FORMAT:
+        raise ValueError(f"Not a FDE index header {file}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") not in VERSIONS:
+        raise ValueError(f"FDE index at {file} has version {header.get('version')!r}; this txtai-muvera reads version {', '.join(map(str, VERSIONS))}")
+
+    return header
+
+
+def verify(file, header):
+    """
+    Checks a file against the checksum its header recorded (version 2 headers record one per file).
+
+    Args:
+        file: saved file
+        header: header dict
+    """
+
+    checksums = header.get("checksums")
+    if header["version"] < 2:
+        return
+
+    name = os.path.basename(file)
+    if not isinstance(checksums, dict) or name not in checksums:
+        raise ValueError(f"Corrupt FDE index header: no checksum for {file}")
+    if files.digest(file) != checksums[name]:
+        raise ValueError(f"Corrupt FDE index file {file}: checksum mismatch (the file changed after it was saved)")
 
 
 def pqsize(dimensions):

@@ -85,6 +85,9 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
     if tokens.dtype == torch.int8 and scale is None:
         raise ValueError("int8 tokens need a per row float32 scale")
 
+    if not torch.isfinite(query).all():
+        raise ValueError("query tokens hold NaN or infinity")
+
     n, lengths = len(offsets) - 1, np.diff(offsets)
     if query.shape[0] == 0:
         return np.where(lengths > 0, 0.0, EMPTY).astype(np.float32)
@@ -96,6 +99,13 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
     scores = similarities(tokens, query)
     if scale is not None:
         scores *= _tensor(scale).to(scores.device, torch.float32)[:, None]
+
+    # A NaN or infinite token value (or scale) makes its row's dot products with a finite query NaN or infinite: checking the
+    # (T, q) similarities costs 1/d of the product and catches every such row
+    if not torch.isfinite(scores).all():
+        rows = torch.nonzero(~torch.isfinite(scores).all(dim=1)).flatten().cpu().numpy()
+        documents = np.unique(np.searchsorted(offsets, rows, side="right") - 1)
+        raise ValueError(f"document tokens hold NaN or infinity: {len(documents)} documents, first positions {documents[:10].tolist()}")
 
     # Segment max on CPU: numpy's reduceat over each document's contiguous columns of the (q, T) scores, about 10x faster
     # than scattering into a padded buffer. Documents without tokens have no columns: they keep EMPTY.
@@ -169,6 +179,9 @@ def maxsim_padded(queries, qmask, documents, dmask, device=None):
         raise ValueError(f"queries must be (Q, q, d) and documents (N, t, d), got {tuple(queries.shape)} and {tuple(documents.shape)}")
     if qmask.shape != queries.shape[:2] or dmask.shape != documents.shape[:2]:
         raise ValueError(f"masks must match (Q, q) {tuple(queries.shape[:2])} and (N, t) {tuple(documents.shape[:2])}")
+
+    if not torch.isfinite(queries[qmask]).all() or not torch.isfinite(documents[dmask]).all():
+        raise ValueError("query or document tokens hold NaN or infinity")
 
     if device is not None:
         queries, qmask, documents, dmask = queries.to(device), qmask.to(device), documents.to(device), dmask.to(device)
