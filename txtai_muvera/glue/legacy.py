@@ -2,7 +2,10 @@
 Legacy module: the class paths txtai-muvera 0.1.0 wrote into saved configs, kept so those indexes fail with a clear message
 """
 
-# pylint: disable=W0613
+from txtai.ann import ANN
+from txtai.vectors import Vectors
+
+# pylint: disable=W0231,W0613
 
 
 class Legacy:
@@ -19,13 +22,13 @@ class Legacy:
         )
 
 
-class LateVectors(Legacy):
+class LateVectors(Legacy, Vectors):
     """
     0.1.0 vectors model class path.
     """
 
 
-class MuveraIndex(Legacy):
+class MuveraIndex(Legacy, ANN):
     """
     0.1.0 index backend class path.
     """
