@@ -180,7 +180,9 @@ class Float(Codec):
         return {"tokens": (self.dtype, (self.dim,))}
 
     def encode(self, rows):
-        return {"tokens": rows.astype(self.dtype)}
+        # Values beyond float16's range become inf: the store rejects them, naming the ids
+        with np.errstate(over="ignore"):
+            return {"tokens": rows.astype(self.dtype)}
 
     def decode(self, codes):
         return codes["tokens"].astype(np.float32)
@@ -317,7 +319,9 @@ class Residual(Codec):
         # One table lookup per packed byte gives the decoded residuals of all the dimensions it holds
         packed = codes["residuals"]
         width = packed.shape[1]
-        residuals = np.take(self.table, packed + np.arange(0, 256 * width, 256, dtype=np.intp), axis=0).reshape(len(packed), -1)
+        residuals = np.take(self.table, packed + np.arange(0, 256 * width, 256, dtype=np.intp), axis=0).reshape(
+            len(packed), width * self.table.shape[1]
+        )
 
         tokens = np.take(self.centroids, codes["codes"].astype(np.intp), axis=0)
         tokens += residuals[:, : self.dim]
@@ -482,7 +486,9 @@ class PQ(Codec):
         if not self.trained:
             raise RuntimeError(f"Codec {self.name!r} is not trained: train it on a sample of token rows first")
 
-        codes = self.quantizer.compute_codes(np.ascontiguousarray(rows, dtype=np.float32)) if len(rows) else np.zeros((0, self.options["m"]), np.uint8)
+        codes = (
+            self.quantizer.compute_codes(np.ascontiguousarray(rows, dtype=np.float32)) if len(rows) else np.zeros((0, self.options["m"]), np.uint8)
+        )
         return {"codes": codes}
 
     def decode(self, codes):

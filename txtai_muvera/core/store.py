@@ -109,7 +109,9 @@ class TokenStore:
         """
 
         if self.rows() or self.size:
-            raise RuntimeError(f"Token store already holds {len(self)} documents encoded with the current {self.codec.name!r} state: train before adding")
+            raise RuntimeError(
+                f"Token store already holds {len(self)} documents encoded with the current {self.codec.name!r} state: train before adding"
+            )
 
         self.codec.train(sample)
 
@@ -155,7 +157,12 @@ class TokenStore:
             owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(bad), side="right")]
             raise ValueError(f"Token matrices of ids {np.unique(owners)[:10].tolist()} contain NaN or infinite values: token values must be finite")
 
+        # Finite float32 values beyond float16's range would be stored as inf
         codes = self.codec.encode(rows)
+        tokens = codes.get("tokens")
+        if tokens is not None and tokens.dtype == np.float16 and not np.isfinite(tokens).all():
+            owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(~np.isfinite(tokens).all(axis=1)), side="right")]
+            raise ValueError(f"Token matrices of ids {np.unique(owners)[:10].tolist()} exceed the float16 range (+-65504): use codec float32")
 
         # Append to tail, growing capacity geometrically so many small batches stay linear
         start = self.rows() + self.size
@@ -455,7 +462,9 @@ class TokenStore:
             raise FileNotFoundError(f"Token store directory not found: {path}{hint}")
 
         header = readheader(os.path.join(path, "header.json"))
-        codec = codecmodule.create(header["dtype"], header["dim"]) if header["version"] == 1 else codecmodule.fromconfig(header["codec"], header["dim"])
+        codec = (
+            codecmodule.create(header["dtype"], header["dim"]) if header["version"] == 1 else codecmodule.fromconfig(header["codec"], header["dim"])
+        )
         documents, count = header["documents"], header["tokens"]
 
         # Checksums first: a flipped bit must fail here, naming the file, before any value is trusted
