@@ -507,3 +507,100 @@ def test_restart(server, tmp_path):
     assert loaded.ids().tolist() == list(range(30))
     np.testing.assert_array_equal(loaded.search(query, 5, SearchOptions())[1], before[1])
     loaded.close()
+
+
+# Lifecycle through txtai: the same index on both engines gives the same results, before and after a reload in a fresh process
+RELOAD = r"""
+import json, sys
+from txtai import Embeddings
+embeddings = Embeddings()
+embeddings.load(sys.argv[1])
+print(json.dumps([embeddings.count(), embeddings.batchsearch(json.loads(sys.argv[2]), 5)]))
+"""
+
+
+@pytest.fixture
+def database(url):
+    """
+    A fresh database for the engine table and txtai's content tables, dropped after the test. Returns its URL.
+    """
+
+    import psycopg  # pylint: disable=C0415
+    from sqlalchemy.engine import make_url  # pylint: disable=C0415
+
+    name, parsed = f"d_{uuid.uuid4().hex[:12]}", make_url(url)
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield parsed.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def lifecycle(embeddings, path):
+    """
+    Index, search, upsert, delete, save: returns results after each step and after a reload in a fresh process.
+    """
+
+    from texts import QUERIES, SENTENCES  # pylint: disable=C0415
+
+    results = []
+    embeddings.index([(f"doc{x}", text, None) for x, text in enumerate(SENTENCES)])
+    results.append(embeddings.batchsearch(QUERIES, 5))
+
+    embeddings.upsert([("doc1", "token vectors for music and travel", None), ("new", "maximum similarity search over science questions", None)])
+    results.append(embeddings.batchsearch(QUERIES, 5))
+
+    embeddings.delete(["doc6"])
+    results.append(embeddings.batchsearch(QUERIES, 5))
+    results.append(embeddings.search("select id, score from txtai where similar('questions about science') and id != 'doc9'", 3))
+    count = embeddings.count()
+
+    embeddings.save(str(path))
+    embeddings.close()
+
+    process = subprocess.run([sys.executable, "-c", RELOAD, str(path), json.dumps(QUERIES)], capture_output=True, text=True, timeout=300, check=False)
+    assert process.returncode == 0, process.stderr[-3000:]
+    reloaded, loaded = json.loads(process.stdout.strip().splitlines()[-1])
+    assert reloaded == count
+    results.append(loaded)
+    return results
+
+
+def same(left, right):
+    """
+    Asserts two result trees hold the same ids in the same order and the same scores.
+    """
+
+    if isinstance(left, dict):
+        assert left["id"] == right["id"]
+        assert left["score"] == pytest.approx(right["score"], abs=1e-6)
+    elif isinstance(left, (list, tuple)) and left and isinstance(left[0], (list, tuple, dict)):
+        assert len(left) == len(right)
+        for x, y in zip(left, right):
+            same(x, y)
+    else:
+        assert left == right or left == pytest.approx(right, abs=1e-6)
+
+
+def test_embeddings(database, pylate_checkpoint, tmp_path):
+    """
+    `Embeddings(sparse={..., "backend": "pgvector", "pgvector": {"url": ...}}, content=<same database>)` through index, search,
+    upsert, delete, SQL, save and a reload in a fresh process equals the file engine.
+    """
+
+    import txtai_muvera  # noqa: F401 pylint: disable=C0415,W0611
+    from txtai import Embeddings  # pylint: disable=C0415
+
+    files = lifecycle(Embeddings(sparse={"path": str(pylate_checkpoint), "backend": "faiss"}, content=True), tmp_path / "files")
+
+    # txtai's content database on psycopg 3 (SQLAlchemy's postgresql+psycopg); the engine accepts either driver name
+    content = database.replace("+psycopg2://", "+psycopg://")
+    sparse = {"path": str(pylate_checkpoint), "backend": "pgvector", "pgvector": {"url": database}}
+    postgres = lifecycle(Embeddings(sparse=sparse, content=content), tmp_path / "postgres")
+
+    same(postgres, files)
+    assert len(postgres[0][0]) == 5 and any(r["id"] == "new" for r in postgres[1][2])
+
+    # The saved folder holds settings only: the data is in the database
+    assert sorted(os.listdir(tmp_path / "postgres" / "scoring" / "pgvector")) == ["header.json"]
