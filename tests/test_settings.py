@@ -1,0 +1,57 @@
+"""
+Bad settings are refused when the index is built, by one schema, naming the key, the value and what is accepted
+"""
+
+import re
+
+import pytest
+
+from txtai import Embeddings
+
+import txtai_muvera  # pylint: disable=W0611
+
+from checkpoints import build_pylate_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_pylate_checkpoint(tmp_path_factory.mktemp("colbert"), hidden=32, dim=16, document_length=16)
+
+
+def cause(error):
+    # txtai's factories wrap a constructor's exception in ImportError("Unable to resolve ..."): the real error is its cause
+    return error.__cause__ if isinstance(error, ImportError) and error.__cause__ else error
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"tokens": "float64"}, "tokens must be one of .* got 'float64'"),
+        ({"tokens": 8}, "tokens must be one of .* got 8"),
+        ({"candidates": "100"}, "candidates must be an integer >= 1, got '100'"),
+        ({"candidates": 0}, "candidates must be an integer >= 1, got 0"),
+        ({"candidates": 2.5}, "candidates must be an integer >= 1, got 2.5"),
+        ({"candidates": True}, "candidates must be an integer >= 1, got True"),
+        ({"rerank": "no"}, "rerank must be true or false, got 'no'"),
+        ({"ann": {"hnsw": {"m": 0}}}, r"ann.hnsw.m must be an integer >= 2, got 0"),
+        ({"ann": {"hnsw": {"efsearch": -1}}}, r"ann.hnsw.efsearch must be an integer >= 1, got -1"),
+        ({"backend": "elastic"}, "backend must be one of faiss, pgvector, got 'elastic'"),
+        ({"pool": 0}, "pool must be an integer >= 1, got 0"),
+        ({"muvera": [20]}, "muvera must be a dict of options"),
+    ],
+)
+def test_bad_settings(checkpoint, settings, message):
+    # Refused before anything is written: index() raises, nothing is half-built
+    embeddings = Embeddings(sparse={"path": checkpoint, **settings}, content=True)
+    with pytest.raises((ValueError, TypeError, ImportError)) as info:
+        embeddings.index(["music history", "weather sports"])
+
+    assert isinstance(cause(info.value), (ValueError, TypeError))
+    assert re.search(message, str(cause(info.value)))
+
+
+def test_integral_values_accepted(checkpoint):
+    # Whole-number floats (YAML and JSON often give them) are accepted and saved as integers
+    embeddings = Embeddings(sparse={"path": checkpoint, "candidates": 50.0, "muvera": {"repetitions": 2}}, content=True)
+    embeddings.index(["music history", "weather sports"])
+    assert embeddings.config["scoring"]["candidates"] == 50 and isinstance(embeddings.config["scoring"]["candidates"], int)
