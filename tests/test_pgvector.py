@@ -177,7 +177,7 @@ def test_roundtrip(url, table, tmp_path, codec):
     loaded.close()
 
 
-@pytest.mark.parametrize("index", ["flat", "halfvec", "bit"])
+@pytest.mark.parametrize("index", ["flat", "halfvec", "sketch"])
 def test_reference(url, table, index):
     """
     Writes and deletes against the brute-force reference. Tables stay small, so each HNSW search covers every row.
@@ -229,7 +229,7 @@ def test_rollback(url, table):
     """
 
     rng = np.random.default_rng(4)
-    engine = storage(url, table, index="bit")
+    engine = storage(url, table, index="sketch")
     engine.apply([], [documents(rng, range(20))])
     query = rng.standard_normal((3, 32)).astype(np.float32)
     before = engine.search(query, 10, SearchOptions())
@@ -255,7 +255,7 @@ def test_rollback(url, table):
         np.testing.assert_array_equal(before[1], after[1])
 
     # A rebuild that fails keeps the previous index
-    rebuild = storage(url, table, index="bit")
+    rebuild = storage(url, table, index="sketch")
     with pytest.raises(RuntimeError):
         rebuild.apply([], failing())
     assert engine.ids().tolist() == list(range(20))
@@ -298,10 +298,11 @@ def test_badinput(url, table):
     [
         ({"table": "bad; DROP TABLE x"}, 32, ValueError, "plain SQL identifier"),
         ({"schema": "1bad"}, 32, ValueError, "plain SQL identifier"),
-        ({"index": "ivf"}, 32, ValueError, "accepted: auto, bit, halfvec, flat"),
+        ({"index": "ivf"}, 32, ValueError, "accepted: auto, sketch, halfvec, flat"),
         ({"index": "halfvec"}, 8192, ValueError, "halfvec' needs FDE dimensions <= 4000"),
         ({}, 20480, ValueError, "1..16000"),
         ({"oversample": 0}, 32, ValueError, "oversample must be a positive integer"),
+        ({"index": "sketch", "sketch": 4096}, 8192, ValueError, "sketch must be <= 4000"),
         ({"tokens": "pq"}, 32, ValueError, "Unknown tokens 'pq'"),
         ({"url": "mysql://root@127.0.0.1/x"}, 32, ValueError, "Unsupported pgvector url driver 'mysql'"),
         ({"url": "not a url"}, 32, ValueError, "Invalid pgvector url"),
