@@ -253,7 +253,7 @@ def test_index_folders(checkpoint, other, tmp_path):
     tokens = os.path.join(path, "scoring", "tokens", "tokens.npy")
     with open(tokens, "r+b") as f:
         f.truncate(os.path.getsize(tokens) // 2)
-    fails(path, ValueError, "Corrupt or truncated token store file")
+    fails(path, ValueError, "Corrupt or truncated token store file|Checksum mismatch in token store file")
 
     # Corrupted faiss file
     path = saved(checkpoint, tmp_path / "faiss")

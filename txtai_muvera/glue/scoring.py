@@ -245,7 +245,7 @@ class MuveraScoring(Scoring):
         header = files.readjson(f"{path}/header.json", "txtai-muvera index header")
         if header.get("format") != FORMAT or header.get("version") not in VERSIONS:
             raise ValueError(
-                f"txtai-muvera index at {path} has format {header.get('format')!r} version {header.get('version')!r}; this "
+                f"txtai-muvera index at {path} has version {header.get('version')!r} (format {header.get('format')!r}); this "
                 f"txtai-muvera reads {FORMAT!r} versions {', '.join(map(str, VERSIONS))}: rebuild the index with this version"
             )
         for key in ("dimensions", "fingerprint"):
@@ -311,18 +311,20 @@ class MuveraScoring(Scoring):
     def store(self):
         """
         Returns:
-            token store of the file engine (None for other engines)
+            token store of the file engine (None for other engines), with staged deletes applied
         """
 
+        self.settle()
         return getattr(self.storage, "store", None)
 
     @property
     def fdes(self):
         """
         Returns:
-            FDE index of the file engine (None for other engines)
+            FDE index of the file engine (None for other engines), with staged deletes applied
         """
 
+        self.settle()
         return getattr(self.storage, "fdes", None)
 
     def loadmodel(self):
