@@ -6,10 +6,15 @@ import numpy as np
 import torch
 
 from .checkpoint import SETTINGS, Checkpoint
+from .onnx import OnnxModel
 from .settings import resolve
 
 # Activation functions for projection heads
 ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu, "sigmoid": torch.sigmoid}
+
+# Inference backends and quantization modes
+BACKENDS = ("torch", "onnx")
+QUANTIZE = (None, "int8")
 
 
 class ColBERT:
@@ -18,7 +23,21 @@ class ColBERT:
     (prefix tokens, [MASK] query expansion, document skiplist) or, with compatible=True, txtai's LatePooling.
     """
 
-    def __init__(self, path, device=None, half=False, threads=None, batch=32, compatible=False, trust_remote_code=False, **settings):
+    # pylint: disable=R0913,R0914
+    def __init__(
+        self,
+        path,
+        device=None,
+        half=False,
+        threads=None,
+        batch=32,
+        compatible=False,
+        trust_remote_code=False,
+        backend="torch",
+        quantize=None,
+        cache=None,
+        **settings,
+    ):
         """
         Loads a late-interaction checkpoint.
 
@@ -30,6 +49,9 @@ class ColBERT:
             batch: default model batch size
             compatible: if True, encode like txtai 9.14's LatePooling (text prefixes, no expansion, no skiplist)
             trust_remote_code: passed to transformers when loading the model and tokenizer
+            backend: "torch" (reference, float32) or "onnx" (ONNX Runtime on CPU, needs the onnx extra)
+            quantize: None or "int8" (onnx backend: int8 weights per channel, activations quantized per text)
+            cache: folder for ONNX exports, defaults to ~/.cache/txtai-muvera/onnx (or $TXTAI_MUVERA_CACHE/onnx)
             settings: overrides for query_prefix, document_prefix, query_length, document_length, do_query_expansion,
                       attend_to_expansion_tokens, skiplist_words
         """
@@ -39,19 +61,21 @@ class ColBERT:
             raise ValueError(f"Unknown ColBERT setting(s) {unknown}, accepted: {list(SETTINGS)}")
 
         self.batch = self.positive(batch, "batch")
+        self.backend, self.quantize = self.resolvebackend(backend, quantize, device, half)
         if threads is not None:
             torch.set_num_threads(self.positive(threads, "threads"))
 
         # Import here to keep package import light
         # pylint: disable=C0415
         import transformers
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.checkpoint = Checkpoint(path)
         self.path = str(path)
         self.device = self.resolvedevice(device)
         self.half = bool(half) and self.device.type == "cuda"
         self.compatible = bool(compatible)
+        self.fingerprint = self.checkpoint.fingerprint()
 
         # Quiet loading: no progress bars or load reports
         verbosity, progress = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
@@ -60,18 +84,24 @@ class ColBERT:
         try:
             folder = self.checkpoint.folder
             self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-            self.model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            if self.backend == "onnx":
+                # Exported once per fingerprint, then loaded from the cache
+                config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+                self.model = OnnxModel(folder, config, self.fingerprint, self.quantize, threads, cache, trust_remote_code)
+            else:
+                self.model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code)
         finally:
             transformers.logging.set_verbosity(verbosity)
             if progress:
                 transformers.logging.enable_progress_bar()
 
         # Inference in float32, or float16 on GPU when asked
-        self.model.eval().to(self.device)
-        if self.half:
-            self.model.half()
-        else:
-            self.model.float()
+        if self.backend == "torch":
+            self.model.eval().to(self.device)
+            if self.half:
+                self.model.half()
+            else:
+                self.model.float()
 
         # Projection heads as (weight, bias, residual, activation) tensors
         dtype = torch.float16 if self.half else torch.float32
@@ -83,7 +113,6 @@ class ColBERT:
         self.dim = int(self.heads[-1][0].shape[0]) if self.heads else int(self.model.config.hidden_size)
         self.options = resolve(self.checkpoint, self.tokenizer, self.compatible, settings)
         self.settings = self.options["settings"]
-        self.fingerprint = self.checkpoint.fingerprint()
         self.truncated = 0
 
     def encode(self, texts, category="data", batch=None):
@@ -111,6 +140,9 @@ class ColBERT:
 
         query = category == "query"
         batch = self.positive(batch, "batch") if batch is not None else self.batch
+
+        # int8 activations are scaled per call: one text per call keeps a text's encoding independent of its batch
+        batch = 1 if self.quantize else batch
 
         self.truncated = 0
         if not texts:
@@ -244,6 +276,31 @@ class ColBERT:
 
         return outputs
 
+    def resolvebackend(self, backend, quantize, device, half):
+        """
+        Validates the backend and quantization options.
+
+        Args:
+            backend: "torch" or "onnx"
+            quantize: None or "int8"
+            device: requested device
+            half: half precision flag
+
+        Returns:
+            (backend, quantize)
+        """
+
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {backend!r}, accepted: {list(BACKENDS)}")
+        if quantize not in QUANTIZE:
+            raise ValueError(f"Unknown quantize {quantize!r}, accepted: {list(QUANTIZE)}")
+        if quantize and backend != "onnx":
+            raise ValueError(f"quantize={quantize!r} needs backend='onnx', got backend={backend!r}")
+        if backend == "onnx" and (half or (device is not None and str(device).split(":")[0] != "cpu")):
+            raise ValueError(f"backend='onnx' runs on CPU in float32 or int8, got device={device!r}, half={half!r}: use backend='torch'")
+
+        return backend, quantize
+
     def resolvedevice(self, device):
         """
         Resolves the torch device.
@@ -256,7 +313,7 @@ class ColBERT:
         """
 
         if device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return torch.device("cuda" if torch.cuda.is_available() and self.backend == "torch" else "cpu")
 
         try:
             device = torch.device(device)
