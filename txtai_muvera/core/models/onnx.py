@@ -4,6 +4,7 @@ Onnx module
 
 import inspect
 import json
+import logging
 import os
 import warnings
 
@@ -210,14 +211,20 @@ class OnnxModel:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        # Fused ops (com.microsoft domain) have no inferred output types: float is the right default for them
-        quantize_dynamic(
-            source,
-            os.path.join(target, "model.onnx"),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        # The quantizer logs advice on the root logger: silenced for this call only
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            # Fused ops (com.microsoft domain) have no inferred output types: float is the right default for them
+            quantize_dynamic(
+                source,
+                os.path.join(target, "model.onnx"),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            logging.disable(previous)
 
 
 class Backbone(torch.nn.Module):
