@@ -1,14 +1,19 @@
 """
-Recall of MUVERA against exact MaxSim: the fraction of each query's exact MaxSim top 10 found in the FDE top N (N = 10..1000),
-for a grid of MUVERA settings and FDE index types, with dims and FDE bytes per document (size of the saved index files).
+Recall of FDE candidates against exact MaxSim at scale: the fraction of each query's exact MaxSim top 10 found among the FDE index's
+top N candidates (N = 100, 200, 300), for exact FDE search (flat), HNSW at several M / efSearch, IVF at several nprobe and the
+compressed indexes (sq8, PQ-256-8, binary sign codes with float re-scoring), with bytes per document and one-query search time.
 
-Token matrices come from a txtai_muvera index built by txtai_muvera.tools.evaluation (cached under benchmarks/output/cache, shared with
-evaluate_standin.py): the FDEs of each setting are computed from the stored float16 tokens, so no document is re-encoded.
+Documents are the cached token matrices of real BEIR corpora (benchmarks/footprint.py --encode: scifact, msmarco-dl19-5k,
+dbpedia-5k, MiniLM stand-in). With --documents above the real count the corpus is padded with synthetic documents built from
+the real token matrices: each joins a random leading part of one real document (its [CLS] token included) with a random
+trailing part of another, every token perturbed by N(0, 0.01) noise per dimension and re-normalised, with lengths drawn from the
+real length distribution. They share vocabulary, topics and length with the real text, and act as hard distractors (half of a
+synthetic document is a near copy of half of a real one). Exact MaxSim is brute force over every document, streamed in chunks.
 
-Usage:
-    python benchmarks/recall.py [--data ../shared/data/beir/scifact] [--max-docs N] [--max-queries N]
+    python benchmarks/recall.py --datasets scifact                           # 5,183 documents, 300 queries
+    python benchmarks/recall.py --documents 50000 --queries 50,25,25         # real 15,183 + 34,817 synthetic
 
-Writes benchmarks/output/recall.jsonl, benchmarks/output/recall.md and benchmarks/output/recall.png (matplotlib).
+Writes one JSON line per (index, depth) to benchmarks/output/recall-<documents>.jsonl and a markdown table to stdout.
 """
 
 import argparse
@@ -20,47 +25,147 @@ import time
 
 import numpy as np
 
-from evaluate_standin import OUTPUT, standin, stored
-from txtai_muvera import FDEIndex, Muvera, TokenStore
-from txtai_muvera.tools.evaluation import BEIR, Run
-from txtai_muvera.glue.pipeline import backend
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# pylint: disable=C0413
+from footprint import DATASETS, OUTPUT, Tokens, chunks
 
 # Candidate depths
-DEPTHS = (10, 20, 50, 100, 200, 500, 1000)
+DEPTHS = (100, 200, 300)
 
-# MUVERA settings: name -> Muvera options
-SETTINGS = {
-    "20/5/16": {"repetitions": 20, "hashes": 5, "projection": 16},
-    "20/4/8": {"repetitions": 20, "hashes": 4, "projection": 8},
-    "20/5/16 fill": {"repetitions": 20, "hashes": 5, "projection": 16, "fill": True},
-    "20/5/16 final 4096": {"repetitions": 20, "hashes": 5, "projection": 16, "final": 4096},
-    "20/5/16 final 2048": {"repetitions": 20, "hashes": 5, "projection": 16, "final": 2048},
-}
-
-# FDE index types: name -> FDEIndex options
+# FDE indexes: name -> (FDEIndex options, search keyword arguments; "efsearch" may be a function of the depth)
 INDEXES = {
-    "flat": {"index": "flat"},
-    "hnsw": {"index": "hnsw"},
-    "ivf": {"index": "ivf"},
-    "flat sq8": {"index": "flat", "quantize": "sq8"},
-    "flat pq": {"index": "flat", "quantize": "pq"},
+    "flat": ({"index": "flat"}, {}),
+    "hnsw m32 ef128": ({"index": "hnsw"}, {"efsearch": 128}),
+    "hnsw m32 ef=2x": ({"index": "hnsw"}, {"efsearch": lambda n: 2 * n}),
+    "hnsw m32 ef=4x": ({"index": "hnsw"}, {"efsearch": lambda n: 4 * n}),
+    "hnsw m32 ef=8x": ({"index": "hnsw"}, {"efsearch": lambda n: 8 * n}),
+    "hnsw m64 efc200 ef=2x": ({"index": "hnsw", "hnsw": {"m": 64, "efconstruction": 200}}, {"efsearch": lambda n: 2 * n}),
+    "hnsw m64 efc200 ef=4x": ({"index": "hnsw", "hnsw": {"m": 64, "efconstruction": 200}}, {"efsearch": lambda n: 4 * n}),
+    "ivf nprobe64": ({"index": "ivf"}, {"nprobe": 64}),
+    "ivf nprobe=nlist/4": ({"index": "ivf"}, {"nprobe": "quarter"}),
+    "flat sq8": ({"index": "flat", "quantize": "sq8"}, {}),
+    "flat pq-256-8": ({"index": "flat", "quantize": "pq", "pq": {"m": 1280}}, {}),
+    "flat binary x4": ({"index": "flat", "quantize": "binary"}, {}),
+    "flat binary x16": ({"index": "flat", "quantize": "binary", "binary": {"rescore": 16}}, {}),
+    "hnsw binary x4 ef=8x": ({"index": "hnsw", "quantize": "binary"}, {"efsearch": lambda n: 8 * n}),
+    "hnsw sq8 ef=2x": ({"index": "hnsw", "quantize": "sq8"}, {"efsearch": lambda n: 2 * n}),
 }
+
+
+class Corpus:
+    """
+    Real documents of several cached datasets, padded with synthetic ones to a target count, produced in chunks.
+    """
+
+    def __init__(self, datasets, documents, seed=0):
+        self.real = [Tokens(os.path.join(OUTPUT, "tokens", x)) for x in datasets]
+        self.sizes = [len(x.offsets) - 1 for x in self.real]
+        self.total = max(documents or 0, sum(self.sizes))
+        self.seed = seed
+
+        lengths = np.concatenate([np.diff(x.offsets) for x in self.real])
+        self.lengths = lengths[lengths > 1]
+
+    def matrix(self, index):
+        """
+        Real document `index` (over all datasets, in order) as float32.
+        """
+
+        for tokens, size in zip(self.real, self.sizes):
+            if index < size:
+                return np.asarray(tokens.tokens[tokens.offsets[index] : tokens.offsets[index + 1]], dtype=np.float32)
+            index -= size
+
+        raise IndexError(index)
+
+    def chunk(self, start, end):
+        """
+        Documents start..end-1: real first, then synthetic (deterministic per document).
+        """
+
+        real, matrices = sum(self.sizes), []
+        for x in range(start, end):
+            if x < real:
+                matrices.append(self.matrix(x))
+                continue
+
+            rng = np.random.default_rng([self.seed, x])
+            length = int(rng.choice(self.lengths))
+            first, second = self.matrix(int(rng.integers(real))), self.matrix(int(rng.integers(real)))
+            head = min(len(first), max(1, int(rng.integers(1, length))))
+            tail = min(len(second) - 1, length - head)
+            rows = np.concatenate([first[:head], second[len(second) - tail :] if tail > 0 else second[:0]])
+            rows = rows + rng.normal(0, 0.01, rows.shape).astype(np.float32)
+            matrices.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+
+        return matrices
+
+    def queries(self, counts):
+        """
+        The first counts[i] queries of each dataset.
+        """
+
+        return [query for tokens, count in zip(self.real, counts) for query in tokens.queries()[:count]]
 
 
 def size(index):
     """
-    Bytes of an FDE index's or token store's saved files.
-
-    Args:
-        index: FDEIndex or TokenStore
-
-    Returns:
-        bytes
+    Bytes of an FDE index's saved files.
     """
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory(dir=OUTPUT) as folder:
         index.save(os.path.join(folder, "fdes"))
-        return sum(os.path.getsize(os.path.join(root, name)) for root, _, files in os.walk(folder) for name in files)
+        return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def prepare(corpus, queries, cache, chunk=1024):
+    """
+    FDEs (20/5/16) of every document and query, and each query's exact MaxSim top 10, cached in the folder `cache`.
+
+    Returns:
+        (document FDEs float32 (n, 10240), query FDEs, list of top-10 sets)
+    """
+
+    # pylint: disable=C0415
+    from txtai_muvera import Muvera
+    from txtai_muvera.core.maxsim import maxsim_flat, topk
+
+    files = [os.path.join(cache, x) for x in ("fdes.npy", "queries.npy", "exact.json")]
+    if all(os.path.isfile(x) for x in files):
+        with open(files[2], encoding="utf-8") as f:
+            return np.load(files[0], mmap_mode="r"), np.load(files[1]), [set(x) for x in json.load(f)]
+
+    os.makedirs(cache, exist_ok=True)
+    encoder = Muvera(repetitions=20, hashes=5, projection=16, seed=42)
+    fdes = np.lib.format.open_memmap(files[0] + ".tmp.npy", mode="w+", dtype=np.float32, shape=(corpus.total, encoder.dimensions(queries[0].shape[1])))
+    best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+
+    start = time.perf_counter()
+    for a, b in chunks(corpus.total, chunk):
+        matrices = corpus.chunk(a, b)
+        fdes[a:b] = encoder(matrices, "data")
+
+        offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in matrices])
+        tokens = np.concatenate(matrices)
+        for x, query in enumerate(queries):
+            scores = np.concatenate([best[x][0], maxsim_flat(query, tokens, offsets)])
+            ids = np.concatenate([best[x][1], np.arange(a, b, dtype=np.int64)])
+            order, _ = topk(scores, 10)
+            best[x] = (scores[order], ids[order])
+
+        sys.stdout.write(f"  {b:,} documents, {time.perf_counter() - start:.0f} s\n")
+        sys.stdout.flush()
+
+    fdes.flush()
+    del fdes
+    os.rename(files[0] + ".tmp.npy", files[0])
+    np.save(files[1], encoder(queries, "query"))
+    with open(files[2], "w", encoding="utf-8") as f:
+        json.dump([x[1].tolist() for x in best], f)
+
+    return prepare(corpus, queries, cache)
 
 
 def main():
@@ -68,145 +173,93 @@ def main():
     Runs the recall grid.
     """
 
-    parser = argparse.ArgumentParser(description="Recall of MUVERA FDE candidates against exact MaxSim")
-    parser.add_argument("--data", default=os.path.join(OUTPUT, "..", "..", "..", "shared", "data", "beir", "scifact"))
-    parser.add_argument("--model", default=os.path.join(OUTPUT, "standin"))
-    parser.add_argument("--max-docs", type=int, default=None)
-    parser.add_argument("--max-queries", type=int, default=None)
-    parser.add_argument("--indexes", default="20/5/16,20/5/16 final 2048", help="settings run with every index type (others: flat only)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plot", action="store_true", help="only redraw the table and plot from benchmarks/output/recall.jsonl")
+    parser = argparse.ArgumentParser(description="Recall of FDE candidates against exact MaxSim at scale")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--documents", type=int, default=None, help="pad with synthetic documents up to this count")
+    parser.add_argument("--queries", default="300,43,40", help="queries taken from each dataset")
+    parser.add_argument("--indexes", default=",".join(INDEXES))
+    parser.add_argument("--threads", type=int, default=2, help="faiss threads while building (searches are timed on 1 thread)")
+    parser.add_argument("--timed", type=int, default=30, help="queries timed one at a time")
     args = parser.parse_args()
 
-    if args.plot:
-        with open(os.path.join(OUTPUT, "recall.jsonl"), encoding="utf-8") as f:
-            write([json.loads(line) for line in f])
-        return
-
-    # Same index settings as evaluate_standin.py, so its cached index is reused
-    dataset = BEIR.load(args.data, maxqueries=args.max_queries, maxdocs=args.max_docs)
-    run = Run(
-        standin(args.model),
-        muvera={"repetitions": 20, "hashes": 5, "projection": 16, "seed": 42, "fill": False},
-        tokens="float16",
-        ann={"index": "flat"},
-        vectors={"threads": args.threads, "batch": 32},
-        cache=os.path.join(OUTPUT, "cache"),
-    )
-    embeddings = run.index(dataset)
-    texts = list(dataset.queries.values())
-
-    # Exact MaxSim top 10 per query, and the query token matrices
-    exact = [set(ids.tolist()) for ids, _ in run.exact(embeddings, texts, 10)]
-    queries = embeddings.scoring.encoder.encode(list(texts), "query")
-    documents = stored(backend(embeddings).store)
-    embeddings.close()
-
-    # Token storage per document, each dtype saved for real
-    for dtype in ("float16", "int8", "float32"):
-        store = TokenStore(documents[0].shape[1], dtype)
-        store.add(np.arange(len(documents)), documents)
-        line = {
-            "dataset": dataset.name,
-            "tokens": dtype,
-            "bytes": round(size(store) / len(documents), 1),
-            "tokens_per_doc": round(float(np.mean([len(x) for x in documents])), 1),
-        }
-        sys.stdout.write(json.dumps(line) + "\n")
-        with open(os.path.join(OUTPUT, "recall-tokens.jsonl"), "a" if dtype != "float16" else "w", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-
-    grid = [x.strip() for x in args.indexes.split(",")]
-    results = []
-    for name, options in SETTINGS.items():
-        encoder = Muvera(seed=42, **options)
-        start = time.perf_counter()
-        dfdes = encoder(documents, "data")
-        encoding = time.perf_counter() - start
-        qfdes = encoder(queries, "query")
-
-        for kind in INDEXES if name in grid else ["flat"]:
-            index = FDEIndex(dfdes.shape[1], **INDEXES[kind])
-            start = time.perf_counter()
-            index.index(np.arange(len(dfdes)), dfdes)
-            building = time.perf_counter() - start
-
-            start = time.perf_counter()
-            _, ids = index.search(qfdes, max(DEPTHS))
-            searching = (time.perf_counter() - start) / len(qfdes)
-
-            recall = {f"recall@{n}": float(np.mean([len(top & set(row[:n].tolist())) / len(top) for top, row in zip(exact, ids)])) for n in DEPTHS}
-            result = {
-                "dataset": dataset.name,
-                "setting": name,
-                "index": kind,
-                "muvera": encoder.config,
-                "dims": int(dfdes.shape[1]),
-                "bytes": round(size(index) / len(dfdes), 1),
-                "documents": len(dfdes),
-                "queries": len(qfdes),
-                "encode_s": round(encoding, 2),
-                "build_s": round(building, 2),
-                "search_ms": round(searching * 1000, 2),
-                **recall,
-            }
-            results.append(result)
-            sys.stdout.write(json.dumps(result) + "\n")
-            sys.stdout.flush()
-
-    write(results)
-
-
-def write(results):
-    """
-    Writes the JSON lines, the markdown table and the plot.
-
-    Args:
-        results: list of result dicts
-    """
-
-    with open(os.path.join(OUTPUT, "recall.jsonl"), "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(x) + "\n" for x in results))
-
-    header = ["setting", "index", "dims", "bytes/doc"] + [f"R@{n}" for n in DEPTHS] + ["search ms/query (300 queries batched, k=1000)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for x in results:
-        cells = [x["setting"], x["index"], x["dims"], f"{x['bytes']:,.0f}"] + [f"{x[f'recall@{n}']:.3f}" for n in DEPTHS] + [f"{x['search_ms']:.1f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(OUTPUT, "recall.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    sys.stdout.write("\n" + table)
-
     # pylint: disable=C0415
-    import matplotlib
+    import faiss
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from txtai_muvera import FDEIndex
 
-    # One colour per MUVERA setting, one line style and marker per index type
-    colours = {name: f"C{x}" for x, name in enumerate(SETTINGS)}
-    styles = dict(zip(INDEXES, [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "x")]))
-    figure, axis = plt.subplots(figsize=(9, 6))
-    for x in results:
-        style, marker = styles[x["index"]]
-        axis.plot(
-            DEPTHS,
-            [x[f"recall@{n}"] for n in DEPTHS],
-            color=colours[x["setting"]],
-            linestyle=style,
-            marker=marker,
-            label=f"{x['setting']} {x['index']} ({x['dims']} dims, {x['bytes']:,.0f} B/doc)",
-        )
-    axis.set_xscale("log")
-    axis.set_xlabel("FDE candidates N")
-    axis.set_ylabel("fraction of the exact MaxSim top 10 in the FDE top N")
-    axis.set_title(f"MUVERA recall against exact MaxSim ({results[0]['dataset']}, {results[0]['documents']} documents)")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(os.path.join(OUTPUT, "recall.png"), dpi=120)
+    datasets = args.datasets.split(",")
+    corpus = Corpus(datasets, args.documents)
+    queries = corpus.queries([int(x) for x in args.queries.split(",")])
+    sys.stdout.write(f"{corpus.total:,} documents ({sum(corpus.sizes):,} real), {len(queries)} queries\n")
+
+    cache = os.path.join(OUTPUT, "recall", f"{'+'.join(datasets)}-{corpus.total}-{len(queries)}")
+    fdes, qfdes, exact = prepare(corpus, queries, cache)
+    output = os.path.join(OUTPUT, f"recall-{corpus.total}.jsonl")
+
+    rows = []
+    for name in args.indexes.split(","):
+        options, search = INDEXES[name]
+        faiss.omp_set_num_threads(args.threads)
+        index = FDEIndex(fdes.shape[1], **json.loads(json.dumps(options)))
+        start = time.perf_counter()
+        index.index(np.arange(len(fdes)), np.asarray(fdes))
+        build = time.perf_counter() - start
+        bytes_ = size(index) / len(fdes)
+
+        faiss.omp_set_num_threads(1)
+        for depth in DEPTHS:
+            kwargs = {key: value(depth) if callable(value) else value for key, value in search.items()}
+            if kwargs.get("nprobe") == "quarter":
+                kwargs["nprobe"] = max(1, index.ivf["nlist"] // 4)
+
+            _, ids = index.search(qfdes, depth, **kwargs)
+            recall = float(np.mean([len(top & set(row.tolist())) / len(top) for top, row in zip(exact, ids)]))
+
+            times = []
+            for query in qfdes[: args.timed]:
+                begin = time.perf_counter()
+                index.search(query, depth, **kwargs)
+                times.append(time.perf_counter() - begin)
+
+            row = {
+                "documents": len(fdes),
+                "queries": len(qfdes),
+                "index": name,
+                "config": index.config,
+                "depth": depth,
+                "search": {key: value for key, value in kwargs.items()},
+                "recall": round(recall, 4),
+                "bytes": round(bytes_, 1),
+                "build_s": round(build, 1),
+                "p50_ms": round(1000 * float(np.median(times)), 2),
+            }
+            rows.append(row)
+            with open(output, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()
+        del index
+
+    table(rows)
+
+
+def table(rows):
+    """
+    Prints recall@depth per index with bytes/doc, build time and one-query p50.
+    """
+
+    indexes = list(dict.fromkeys(x["index"] for x in rows))
+    header = ["index", "bytes/doc", "build s"] + [f"R10@{d}" for d in DEPTHS] + [f"p50 ms @{d}" for d in DEPTHS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for name in indexes:
+        group = {x["depth"]: x for x in rows if x["index"] == name}
+        first = next(iter(group.values()))
+        cells = [name, f"{first['bytes']:,.0f}", f"{first['build_s']:.0f}"]
+        cells += [f"{group[d]['recall']:.3f}" if d in group else "" for d in DEPTHS]
+        cells += [f"{group[d]['p50_ms']:.1f}" if d in group else "" for d in DEPTHS]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    sys.stdout.write("\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
