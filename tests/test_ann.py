@@ -288,7 +288,7 @@ def test_pq_fastscan():
     index = FDEIndex(DIM, "flat", "pq", pq={"m": 32, "nbits": 4})
     index.index(ids, vectors)
     assert index.config["pq"] == {"m": 32, "nbits": 4, "train": 256} and index.config["trained"] is True
-    assert recall(index, vectors, ids, queries, 10) >= 0.6
+    assert recall(index, vectors, ids, queries, 10) >= 0.35
     index.delete(ids[:1500])
     assert not np.isin(index.search(queries, 10)[1], ids[:1500]).any()
 
