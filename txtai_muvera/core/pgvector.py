@@ -176,6 +176,9 @@ class PGVectorStorage(Storage):
                     if self.index != "flat":
                         cursor.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(efsearch)))
                         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+                        # The planner prices a scan of out-of-line vectors far too low and skips the HNSW index on small tables
+                        cursor.execute("SET LOCAL enable_seqscan = off")
                     codes = self.code(queries) if self.sketch else queries
                     for x, query in enumerate(queries):
                         cursor.execute(statement, {"query": HalfVector(query), "code": HalfVector(codes[x]), "candidates": candidates, "limit": limit})
