@@ -2,6 +2,7 @@
 Onnx module
 """
 
+import contextlib
 import inspect
 import json
 import logging
@@ -195,8 +196,9 @@ class OnnxModel:
         from onnxruntime.transformers.optimizer import optimize_model
 
         heads, hidden = getattr(self.config, "num_attention_heads", 0), getattr(self.config, "hidden_size", 0)
-        optimized = optimize_model(path, model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=1)
-        optimized.save_model_to_file(path)
+        with quiet():
+            optimized = optimize_model(path, model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=1)
+            optimized.save_model_to_file(path)
 
     def int8(self, source, target):
         """
@@ -211,11 +213,8 @@ class OnnxModel:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        # The quantizer logs advice on the root logger: silenced for this call only
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            # Fused ops (com.microsoft domain) have no inferred output types: float is the right default for them
+        # Fused ops (com.microsoft domain) have no inferred output types: float is the right default for them
+        with quiet():
             quantize_dynamic(
                 source,
                 os.path.join(target, "model.onnx"),
@@ -223,8 +222,21 @@ class OnnxModel:
                 per_channel=True,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
-        finally:
-            logging.disable(previous)
+
+
+@contextlib.contextmanager
+def quiet():
+    """
+    Silences log records below ERROR while onnxruntime's optimizer and quantizer run: they log advice (on the root logger
+    too) that is not actionable for a user of this encoder.
+    """
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class Backbone(torch.nn.Module):
