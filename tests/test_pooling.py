@@ -23,7 +23,7 @@ def documents(rng, count, low=0, high=30):
     return results
 
 
-def slowpool(matrix, factor, protected):
+def slowpool(matrix, factor, protected, normalize=False):
     """
     Plain-loop twin: agglomerates the unprotected tokens one merge at a time with Ward's update over cosine distances until
     max(1, n // factor) clusters remain, then averages each cluster.
@@ -59,6 +59,7 @@ def slowpool(matrix, factor, protected):
         nextid += 1
 
     means = [np.mean([rows[i].astype(np.float64) for i in group], axis=0) for group in members.values()]
+    means = [x / np.linalg.norm(x) for x in means] if normalize else means
     return np.concatenate([head, np.array(means, dtype=np.float32).reshape(-1, matrix.shape[1])])
 
 
@@ -72,12 +73,13 @@ def ordered(matrix):
 
 @pytest.mark.parametrize("factor", [2, 3, 4])
 @pytest.mark.parametrize("protected", [0, 1])
-def test_twin(factor, protected):
+@pytest.mark.parametrize("normalize", [False, True])
+def test_twin(factor, protected, normalize):
     rng = np.random.default_rng(factor * 10 + protected)
     data = documents(rng, 25)
-    pooled = pool(data, factor, protected)
+    pooled = pool(data, factor, protected, normalize)
     for matrix, result in zip(data, pooled):
-        expected = slowpool(matrix, factor, protected)
+        expected = slowpool(matrix, factor, protected, normalize)
         assert result.dtype == np.float32 and result.shape == expected.shape
 
         # Protected rows come first, unchanged; the pooled rows are the twin's clusters, in any order
@@ -124,6 +126,7 @@ def test_shapes():
     # Means of unit vectors are not re-normalised: two orthogonal tokens pool to a vector of norm sqrt(1/2)
     orthogonal = np.eye(DIM, dtype=np.float32)[:2]
     assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0)[0]), np.sqrt(0.5))
+    assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0, normalize=True)[0]), 1.0)
 
     # A document of 101 tokens at factor 2 keeps 1 + 50
     assert pool(documents(rng, 1, 101, 101), 2)[0].shape == (51, DIM)
@@ -138,6 +141,8 @@ def test_errors():
         pool([], True)
     with pytest.raises(ValueError, match="protected must be an integer >= 0, got -1"):
         pool([], 2, protected=-1)
+    with pytest.raises(ValueError, match="normalize must be True or False, got 1"):
+        pool([], 2, normalize=1)
 
     bad = np.ones((4, DIM), np.float32)
     bad[2, 3] = np.nan

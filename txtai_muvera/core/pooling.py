@@ -5,15 +5,16 @@ Pooling module: index-time token pooling (Clavie et al. 2024, PyLate's pool_fact
 import numpy as np
 
 
-def pool(matrices, factor, protected=1):
+def pool(matrices, factor, protected=1, normalize=False):
     """
     Pools each document's token vectors by hierarchical clustering, as PyLate's `pool_factor` does: the first `protected` tokens
     (the [CLS] position) are kept as they are; the other n tokens are clustered with Ward linkage over cosine distances
     (1 - dot product) into max(1, n // factor) clusters, and each cluster is replaced by the mean of its tokens. Pooled rows
     follow the protected rows. A document with too few tokens to lose one is returned unchanged.
 
-    Means are not re-normalised, as in PyLate: a tight cluster's mean keeps a norm near 1, a loose cluster's mean is shorter and
-    weighs less in MaxSim, which is what the published pool factor results were measured with.
+    By default means are not re-normalised, as in PyLate and its published results: a tight cluster's mean keeps a norm near 1,
+    a loose cluster's mean is shorter and weighs less in MaxSim. That shortening is uneven across documents (a document too short
+    to pool keeps unit tokens), and `normalize=True` removes it by scaling pooled rows back to unit length.
 
     Only documents are pooled, never queries (the caller's duty). factor 1 returns the matrices unchanged (as float32).
 
@@ -21,6 +22,7 @@ def pool(matrices, factor, protected=1):
         matrices: list of (t, dim) float arrays
         factor: pool factor, an integer >= 1
         protected: leading tokens of each document kept unpooled, an integer >= 0
+        normalize: scale each pooled row (cluster mean) to unit L2 norm
 
     Returns:
         list of float32 (t', dim) arrays
@@ -29,6 +31,8 @@ def pool(matrices, factor, protected=1):
     for name, value, low in (("factor", factor, 1), ("protected", protected, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"Pool {name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"Pool normalize must be True or False, got {normalize!r}")
 
     results = []
     for x, matrix in enumerate(matrices):
@@ -38,12 +42,12 @@ def pool(matrices, factor, protected=1):
         if not np.isfinite(matrix).all():
             raise ValueError(f"Matrix {x} contains NaN or infinite values")
 
-        results.append(cluster(matrix, factor, protected) if factor > 1 else matrix)
+        results.append(cluster(matrix, factor, protected, normalize) if factor > 1 else matrix)
 
     return results
 
 
-def cluster(matrix, factor, protected):
+def cluster(matrix, factor, protected, normalize):
     """
     Pools one document.
 
@@ -51,6 +55,7 @@ def cluster(matrix, factor, protected):
         matrix: float32 (t, dim)
         factor: pool factor >= 2
         protected: leading tokens kept unpooled
+        normalize: scale cluster means to unit norm
 
     Returns:
         float32 (t', dim)
@@ -78,6 +83,9 @@ def cluster(matrix, factor, protected):
     counts = np.bincount(labels)
     counts = counts[counts > 0]
     sums = np.add.reduceat(rows64[order], np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
-    pooled = (sums / counts[:, None]).astype(np.float32)
+    pooled = sums / counts[:, None]
+    if normalize:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    pooled = pooled.astype(np.float32)
 
     return np.concatenate([head, pooled])
