@@ -54,6 +54,8 @@ def test_table():
         codecs.create("float16", DIM, bits=2)
     with pytest.raises(ValueError, match="Residual bits must be 1, 2 or 4, got 3"):
         codecs.create("residual", DIM, bits=3)
+    with pytest.raises(ValueError, match="Residual bits must be 1, 2 or 4, got 2.0"):
+        codecs.create("residual", DIM, bits=2.0)
     with pytest.raises(ValueError, match="Residual buckets must be 'quantile' or 'uniform', got 'linear'"):
         codecs.create("residual", DIM, buckets="linear")
     with pytest.raises(ValueError, match=r"Residual centroids must be an integer >= 1 or None, got 0"):

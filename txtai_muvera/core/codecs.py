@@ -245,7 +245,7 @@ class Residual(Codec):
         super().__init__(dim, **options)
 
         options = self.options
-        if options["bits"] not in (1, 2, 4) or isinstance(options["bits"], bool):
+        if isinstance(options["bits"], bool) or not isinstance(options["bits"], (int, np.integer)) or options["bits"] not in (1, 2, 4):
             raise ValueError(f"Residual bits must be 1, 2 or 4, got {options['bits']!r}")
         if options["buckets"] not in ("quantile", "uniform"):
             raise ValueError(f"Residual buckets must be 'quantile' or 'uniform', got {options['buckets']!r}")
@@ -254,6 +254,7 @@ class Residual(Codec):
             if (value is not None or key != "centroids") and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
                 raise ValueError(f"Residual {key} must be an integer >= {low}{' or None' if key == 'centroids' else ''}, got {value!r}")
             options[key] = int(value) if value is not None else None
+        options["bits"] = int(options["bits"])
 
         # Learned state: centroids (k, dim), bucket cutoffs (levels - 1, dim) and decoded values (levels, dim); derived: the
         # centroid assignment index and the byte lookup table used to decode
