@@ -168,3 +168,41 @@ def test_searches_with_writer_under_lock(loaded):
         assert loaded.search(query, 5) == before
 
     assert results and all(count in range(300, 306) for count, _ in results)
+
+
+def test_application_threads(tmp_path_factory):
+    # Embeddings.search with content is not thread-safe in txtai 9.14 (one shared SQLite cursor: ProgrammingError or a
+    # segmentation fault). The package's Application (as txtai's) takes its lock around every search and write, so threads
+    # may call it freely: searches run next to writes, each sees the index before or after a write
+    # pylint: disable=C0415
+    from txtai_muvera.glue.api import Application
+
+    checkpoint = build_pylate_checkpoint(tmp_path_factory.mktemp("app"), hidden=32, dim=16, document_length=32)
+    application = Application(
+        {"writable": True, "embeddings": {"content": True, "sparse": {"path": checkpoint, "method": "txtai_muvera.MuveraScoring", "terms": True, "muvera": dict(MUVERA)}}}
+    )
+    application.add([{"id": str(i), "text": text} for i, text in enumerate(corpus(100, 6))])
+    application.index()
+
+    queries, errors, stop = corpus(THREADS, 7), [], threading.Event()
+
+    def reader(x):
+        while not stop.is_set():
+            try:
+                results = application.search(queries[x], 5)
+                assert len(results) == 5 and application.count() in range(100, 106)
+            except Exception as error:  # pylint: disable=W0718
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=reader, args=(x,)) for x in range(THREADS - 1)]
+    for thread in threads:
+        thread.start()
+    for x in range(5):
+        application.add([{"id": f"new{x}", "text": f"music history science {x}"}])
+        application.upsert()
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    assert not errors, errors[:3]
+    assert application.count() == 105

@@ -2,6 +2,7 @@
 Durability: a save killed at any point leaves the previous index loadable, headers are checked before arrays are trusted
 """
 
+import inspect
 import json
 import os
 import signal
@@ -176,7 +177,7 @@ def test_nothing_pickled(checkpoint, tmp_path):
     # trust_remote_code is never turned on implicitly
     config = embeddings.config["scoring"]
     assert not config["vectors"].get("trust_remote_code")
-    assert txtai_muvera.ColBERT.__init__.__defaults__[-1] is False
+    assert inspect.signature(txtai_muvera.ColBERT.__init__).parameters["trust_remote_code"].default is False
 
 
 # Writer child: loads the saved index, then for `seconds` alternately upserts 10 documents and deletes them, saving after each

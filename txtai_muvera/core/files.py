@@ -58,12 +58,14 @@ def hold(directory):
         directory: directory
 
     Returns:
-        open descriptor holding the lock
+        open descriptor holding the lock (None where the platform has no flock)
     """
 
+    if not fcntl:
+        return None
+
     descriptor = os.open(directory, os.O_RDONLY)
-    if fcntl:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
     return descriptor
 
 
@@ -124,12 +126,21 @@ def locked(path, shared=False):
     """
 
     parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    if not fcntl:
+    if not fcntl or (shared and not os.path.isdir(parent)):
+        # Nothing to read from a folder that does not exist: no lock, and no folder created by a reader
         yield
         return
 
-    descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.makedirs(parent, exist_ok=True)
+    try:
+        descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if not shared:
+            raise
+        # A read-only folder: nothing can swap a save there, so readers go without the lock
+        yield
+        return
+
     try:
         fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
