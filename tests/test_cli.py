@@ -155,6 +155,11 @@ def test_info(index, checkpoint, capsys):
     assert info["tokens"] > len(TEXTS)
     assert info["bytes on disk"] == sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(index) for n in names)
 
+    # Where the bytes go, part by part, largest first
+    parts = info["bytes by part"]
+    assert sum(parts.values()) == info["bytes on disk"] and "documents" in parts and any(x.startswith("scoring/") for x in parts)
+    assert list(parts.values()) == sorted(parts.values(), reverse=True)
+
     assert main(["info", str(index)]) == 0
     assert "documents" in capsys.readouterr().out
 

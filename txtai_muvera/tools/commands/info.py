@@ -88,8 +88,50 @@ def describe(path):
         "content": bool(config.get("content")),
         "txtai": (scoring.get("build") or {}).get("txtai"),
         "created": (scoring.get("build") or {}).get("create"),
-        "bytes on disk": sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names),
+        "bytes on disk": size(path),
+        "bytes by part": parts(path),
     }
+
+
+def size(path):
+    """
+    Bytes of the files under path (or of the file).
+
+    Args:
+        path: file or folder
+
+    Returns:
+        int
+    """
+
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def parts(path):
+    """
+    Bytes on disk per saved part: each entry of the index folder, the scoring folder's entries one by one (FDE index, token
+    store), so that what dominates an index's size shows at a glance.
+
+    Args:
+        path: index folder
+
+    Returns:
+        {part: bytes}, largest first
+    """
+
+    sizes = {}
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if entry == "scoring" and os.path.isdir(full):
+            for part in sorted(os.listdir(full)):
+                sizes[f"scoring/{part}"] = size(os.path.join(full, part))
+        else:
+            sizes[entry] = size(full)
+
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
 def readconfig(path):
