@@ -4,6 +4,7 @@ exact MaxSim over the token matrices stored at index time
 """
 
 import logging
+import math
 import threading
 
 from contextlib import contextmanager
@@ -437,8 +438,9 @@ def positive(score):
         float
     """
 
+    # A Python float: database drivers (psycopg2) cannot store numpy scalars
     score = float(score)
-    return max(score, 0.0) + 1e-6 / (1.0 + np.exp(-score)) if np.isfinite(score) else 1e-12
+    return max(score, 0.0) + 1e-6 / (1.0 + math.exp(min(-score, 700.0))) if math.isfinite(score) else 1e-12
 
 
 def checkheads(model, path):
