@@ -239,9 +239,13 @@ class Writes:
 
     def reload(self):
         """
-        Replaces the instance with the last save at `path` (a new instance from the configuration when there is none). The old
-        instance is closed first: its open database would otherwise keep the saved one locked.
+        Replaces the instance with the last save at `path` (a new instance from the configuration when nothing was saved yet).
+        The old instance is closed first: its open database would otherwise keep the saved one locked. An index without a
+        `path` has no save to go back to and is left as it is.
         """
+
+        if not self.config.get("path"):
+            return
 
         if self.embeddings is not None:
             self.embeddings.close()
