@@ -228,9 +228,12 @@ class Residual(Codec):
     ColBERTv2 / PLAID residual compression: each token row is stored as the id of its nearest k-means centroid plus its residual
     (row - centroid) quantised to `bits` bits per dimension.
 
-    Buckets are learned per dimension from the residuals of the training sample: "quantile" puts the 2^bits buckets at equal
-    shares of the residual distribution and decodes each to the median of its share (PLAID's recipe, per dimension instead of one
-    set for all dimensions); "uniform" splits the 0.1-99.9th percentile range into equal steps and decodes to their midpoints.
+    Buckets are learned per dimension from the residuals of the training sample: "uniform" (default) splits the 0.1-99.9th
+    percentile range into 2^bits equal steps and decodes each to its midpoint; "quantile" puts the buckets at equal shares of the
+    residual distribution and decodes each to the median of its share (PLAID's recipe, per dimension instead of one set for all
+    dimensions). Quantile buckets reconstruct rows slightly better on average but coarsen the tails, and MaxSim is decided by
+    the largest dot products: on SciFact with the stand-in (384-dim tokens, 100 queries re-ranking exact MaxSim's top 100), uniform
+    buckets kept 0.87 / 0.94 / 0.99 of exact MaxSim's top 10 at 1 / 2 / 4 bits, quantile buckets 0.80 / 0.89 / 0.96.
 
     The trained state is kept when documents are added after training (upserts): every stored code stays valid and no document
     is re-encoded or re-trained. The cost is drift: tokens unlike the training sample get larger residuals, clipped to the outer
@@ -239,7 +242,7 @@ class Residual(Codec):
     """
 
     name = "residual"
-    defaults = {"centroids": None, "bits": 2, "buckets": "quantile", "iterations": 20, "seed": 42}
+    defaults = {"centroids": None, "bits": 2, "buckets": "uniform", "iterations": 20, "seed": 42}
 
     def __init__(self, dim, **options):
         super().__init__(dim, **options)
