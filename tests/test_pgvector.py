@@ -65,8 +65,38 @@ def drop(url, name, schema=None):
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         else:
             conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{pgvector.STATE}"',)).fetchone()[0]:
+                conn.execute(f'DELETE FROM "{pgvector.STATE}" WHERE tablename = %s', (name,))
         conn.commit()
     engine.close()
+
+
+def state(url, name):
+    """
+    Codec state rows stored for a table: {part: bytes}.
+    """
+
+    engine = PGVectorStorage({"pgvector": {"url": url, "table": name, "index": "flat"}}, 4, 4)
+    with engine.connection() as conn:
+        rows = []
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{pgvector.STATE}"',)).fetchone()[0]:
+            rows = conn.execute(f'SELECT part, value FROM "{pgvector.STATE}" WHERE tablename = %s', (name,)).fetchall()
+        conn.rollback()
+    engine.close()
+    return {part: bytes(value) for part, value in rows}
+
+
+def exists(url, name):
+    """
+    True when the table exists.
+    """
+
+    engine = PGVectorStorage({"pgvector": {"url": url, "table": name, "index": "flat"}}, 4, 4)
+    with engine.connection() as conn:
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{name}"',)).fetchone()[0]
+        conn.rollback()
+    engine.close()
+    return found
 
 
 def storage(url, table, dimensions=32, dim=8, **options):
@@ -74,7 +104,10 @@ def storage(url, table, dimensions=32, dim=8, **options):
     Creates an engine on a test table.
     """
 
-    config = {"tokens": options.pop("tokens", "float16"), "pgvector": {"url": url, "table": table, **options}}
+    tokens, codec = options.pop("tokens", "float16"), options.pop("codec", None)
+    config = {"tokens": tokens, "pgvector": {"url": url, "table": table, **options}}
+    if codec:
+        config[tokens] = codec
     return PGVectorStorage(config, dimensions, dim)
 
 
@@ -177,6 +210,174 @@ def test_roundtrip(url, table, tmp_path, codec):
     loaded.close()
 
 
+# Codec options small enough for a few hundred training rows of 8-dim tokens
+CODECS = {"float32": None, "float16": None, "int8": None, "residual": {"bits": 2}, "pq": {"m": 4}, "residual4": {"bits": 4, "buckets": "quantile"}}
+
+
+def codecstorage(url, table, name, **options):
+    """
+    Creates an engine with a codec of CODECS (residual4: the residual codec with 4-bit quantile buckets).
+    """
+
+    tokens = "residual" if name == "residual4" else name
+    return storage(url, table, tokens=tokens, codec=CODECS[name], **options)
+
+
+def decoded(engine, ids):
+    """
+    Gathered tokens of ids as float32 matrices.
+    """
+
+    tokens, offsets, scale = engine.gather(np.asarray(ids))
+    tokens = tokens.astype(np.float32) * scale[:, None] if scale is not None else tokens.astype(np.float32)
+    return np.split(tokens, offsets[1:-1])
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_codecs(url, table, tmp_path, codec):
+    """
+    Every codec round-trips through write, gather (one vectorised decode, the form maxsim_flat takes), save/load and upsert.
+    Trained codecs store their state with the first write and keep it on upsert.
+    """
+
+    rng = np.random.default_rng(11)
+    engine = codecstorage(url, table, codec, index="flat")
+    ids, fdes, matrices = documents(rng, range(300))
+    engine.apply([], [(ids[:150], fdes[:150], matrices[:150]), (ids[150:], fdes[150:], matrices[150:])])
+    trained = codec in ("residual", "pq", "residual4")
+    assert engine.codec.trained and (bool(state(url, table)) == trained)
+
+    # Gathered rows are the codec's own reconstruction of each document, in the requested order
+    order = np.array([250, 3, 77, 3])
+    tokens, offsets, scale = engine.gather(order)
+    assert offsets.tolist() == np.concatenate([[0], np.cumsum([len(matrices[x]) for x in order])]).tolist()
+    assert tokens.dtype == {"float16": np.float16, "int8": np.int8}.get(codec, np.float32) and (scale is not None) == (codec == "int8")
+    for uid, row in zip(order, decoded(engine, order)):
+        np.testing.assert_allclose(row, engine.codec.decode(engine.codec.encode(matrices[uid])), rtol=1e-6, atol=1e-6)
+
+        # Unit-norm tokens: every codec keeps most of each token's direction (cosine, averaged over the matrix)
+        cosine = np.sum(row * matrices[uid], axis=1) / np.maximum(np.linalg.norm(row, axis=1), 1e-9)
+        assert cosine.mean() > {"pq": 0.6, "residual": 0.7}.get(codec, 0.9)
+
+    # MaxSim over the gathered block equals MaxSim over each decoded matrix
+    query = rng.standard_normal((3, 8)).astype(np.float32)
+    exact = maxsim_flat(query, tokens, offsets, scale)
+    np.testing.assert_allclose(exact, [(query @ row.T).max(axis=1).mean() for row in decoded(engine, order)], rtol=1e-4, atol=1e-4)
+
+    # Save: settings only; load restores the trained state from the database
+    before, rows = decoded(engine, ids), state(url, table)
+    engine.save(str(tmp_path))
+    engine.close()
+    assert os.listdir(tmp_path / "pgvector") == ["header.json"]
+    loaded = codecstorage(url, table, codec, index="flat")
+    loaded.load(str(tmp_path))
+    for x, y in zip(before, decoded(loaded, ids)):
+        np.testing.assert_array_equal(x, y)
+
+    # Upsert with differently distributed tokens: the codec is kept (same state rows, old documents decode unchanged), and the
+    # new documents are encoded with it
+    codebook = {key: value.copy() for key, value in loaded.codec.state().items()}
+    _, newfdes, newmatrices = documents(rng, range(20))
+    newmatrices = [matrix * 3 + 1 for matrix in newmatrices]
+    loaded.apply(np.arange(10), [(np.arange(1000, 1020), newfdes, newmatrices)])
+    assert state(url, table) == rows
+    for key, value in loaded.codec.state().items():
+        np.testing.assert_array_equal(value, codebook[key])
+    for x, y in zip(before[10:], decoded(loaded, ids[10:])):
+        np.testing.assert_array_equal(x, y)
+    for matrix, row in zip(newmatrices, decoded(loaded, np.arange(1000, 1020))):
+        np.testing.assert_allclose(row, loaded.codec.decode(loaded.codec.encode(matrix.astype(np.float32))), rtol=1e-6, atol=1e-6)
+    assert loaded.count() == 310 and loaded.ids().tolist() == list(range(10, 300)) + list(range(1000, 1020))
+    loaded.close()
+
+
+@pytest.mark.parametrize("codec", ["residual", "pq"])
+def test_codec_rollback(url, table, tmp_path, codec):
+    """
+    A failed first write leaves no table and no codec state, and the engine untrained; an index built empty trains on its
+    first write with tokens; a rebuild retrains and replaces the state only when it commits.
+    """
+
+    rng = np.random.default_rng(12)
+    engine = codecstorage(url, table, codec, index="flat")
+    ids, fdes, matrices = documents(rng, range(300))
+
+    def failing():
+        yield ids[:150], fdes[:150], matrices[:150]
+        raise RuntimeError("injected failure")
+
+    bad = fdes.copy()
+    bad[200, 1] = np.nan
+    for batches, error in [(failing(), RuntimeError), ([(ids, bad, matrices)], ValueError)]:
+        with pytest.raises(error):
+            engine.apply([], batches)
+        assert not exists(url, table) and not state(url, table) and not engine.codec.trained
+
+    # Too few rows to train PQ (256 sub-centroids): the training error rolls back the same way
+    if codec == "pq":
+        with pytest.raises(ValueError, match="at least 256 training token rows"):
+            engine.apply([], [(ids[:5], fdes[:5], matrices[:5])])
+        assert not exists(url, table) and not state(url, table)
+
+    # Built empty, saved, loaded: untrained until the first write with tokens
+    engine.apply([], [])
+    engine.save(str(tmp_path))
+    engine.close()
+    engine = codecstorage(url, table, codec, index="flat")
+    engine.load(str(tmp_path))
+    assert not engine.codec.trained and engine.count() == 0 and not state(url, table)
+    engine.apply([], [(ids, fdes, matrices)])
+    assert engine.codec.trained and set(state(url, table)) >= {"config"}
+    trained = state(url, table)
+
+    # A rebuild that fails keeps the stored state; one that succeeds replaces it
+    rebuild = codecstorage(url, table, codec, index="flat")
+    with pytest.raises(RuntimeError):
+        rebuild.apply([], failing())
+    assert state(url, table) == trained and engine.count() == 300
+    rebuild.apply([], [documents(np.random.default_rng(13), range(400))])
+    assert state(url, table) != trained and rebuild.count() == 400
+    rebuild.close()
+    engine.close()
+
+    # Stored codes without their state cannot be decoded: load refuses
+    drop(url, table)
+    engine = codecstorage(url, table, codec, index="flat")
+    engine.apply([], [(ids, fdes, matrices)])
+    engine.save(str(tmp_path))
+    engine.close()
+    with PGVectorStorage({"pgvector": {"url": url, "table": table}}, 4, 4).connection() as conn:
+        conn.execute(f'DELETE FROM "{pgvector.STATE}" WHERE tablename = %s', (table,))
+        conn.commit()
+    with pytest.raises(ValueError, match="no trained codec state"):
+        codecstorage(url, table, codec, index="flat").load(str(tmp_path))
+
+
+def test_version(url, table, tmp_path):
+    """
+    Version 1 tables of float16 / float32 tokens still load (same bytes); version 1 int8 rows are refused with a rebuild hint.
+    """
+
+    rng = np.random.default_rng(14)
+    for codec, loads in [("float16", True), ("int8", False)]:
+        engine = storage(url, table, tokens=codec, index="flat")
+        engine.apply([], [documents(rng, range(5))])
+        engine.save(str(tmp_path))
+        engine.close()
+
+        header = json.loads((tmp_path / "pgvector" / "header.json").read_text())
+        header["version"] = 1
+        (tmp_path / "pgvector" / "header.json").write_text(json.dumps(header))
+        loaded = storage(url, table, tokens=codec, index="flat")
+        if loads:
+            loaded.load(str(tmp_path))
+            assert loaded.count() == 5
+        else:
+            with pytest.raises(ValueError, match="version 1, whose 'int8' token rows .* rebuild the index"):
+                loaded.load(str(tmp_path))
+        loaded.close()
+
+
 @pytest.mark.parametrize("index", ["flat", "halfvec", "sketch"])
 def test_reference(url, table, index):
     """
@@ -276,6 +477,7 @@ def test_badinput(url, table):
         (fdes[:, :16], matrices, "FDEs must be"),
         (fdes, [m[:, :4] for m in matrices], "Token matrices must be"),
         (fdes, [m * np.nan for m in matrices], "Token matrix contains NaN"),
+        (fdes, [m * 1e6 for m in matrices], "Token matrices exceed the float16 range"),
         (fdes, matrices[:3], "3 token matrices for 4 ids"),
     ]
     for values, tokens, message in bad:
@@ -303,7 +505,8 @@ def test_badinput(url, table):
         ({}, 20480, ValueError, "1..16000"),
         ({"oversample": 0}, 32, ValueError, "oversample must be a positive integer"),
         ({"index": "sketch", "sketch": 4096}, 8192, ValueError, "sketch must be <= 4000"),
-        ({"tokens": "pq"}, 32, ValueError, "Unknown tokens 'pq'"),
+        ({"tokens": "float64"}, 32, ValueError, "Unknown tokens 'float64'"),
+        ({"table": "muvera_codecs"}, 32, ValueError, "reserved for trained codec state"),
         ({"url": "mysql://root@127.0.0.1/x"}, 32, ValueError, "Unsupported pgvector url driver 'mysql'"),
         ({"url": "not a url"}, 32, ValueError, "Invalid pgvector url"),
         ({"url": None}, 32, ValueError, "needs a url"),

@@ -2,6 +2,8 @@
 PGVector module: the storage engine that keeps FDEs and token matrices in PostgreSQL with pgvector
 """
 
+import copy
+import io
 import json
 import os
 import re
@@ -23,14 +25,20 @@ try:
 except ImportError:
     PGVECTOR = False
 
-from .files import readheader, writeheader
+from . import codecs as codecmodule
+from .files import readjson, writeheader
+from .filestorage import SAMPLE
+from .staged import Staged
 from .storage import Storage
 
-# Saved header format
-FORMAT, VERSION = "txtai-muvera-pgvector", 1
+# Saved header and table comment format. Version 2 stores every codec's rows as fixed-width token records (the codec's parts
+# back to back, per token); version 1 stored int8 rows as all scales, then all codes. float32 / float16 rows are the same bytes
+# in both, so version 1 tables of those codecs still load.
+FORMAT, VERSION, VERSIONS = "txtai-muvera-pgvector", 2, (1, 2)
 
-# Token codecs this engine stores: bytes per token value (int8 rows also keep a float32 scale each)
-CODECS = {"float32": 4, "float16": 2, "int8": 1}
+# Trained codec state (residual centroids, PQ codebooks) of every index in a schema: one bytea row per state array, keyed by
+# the index's table name, plus a "config" row with the codec's resolved options
+STATE = "muvera_codecs"
 
 # FDE candidate search: HNSW over a count-sketch of the FDE then exact re-scoring, HNSW on the FDE itself, or an exact scan
 INDEXES = ("auto", "sketch", "halfvec", "flat")
@@ -51,7 +59,13 @@ DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"
 class PGVectorStorage(Storage):
     """
     One PostgreSQL table keyed by index id: `id bigint`, `fde halfvec(dimensions)`, `tokens bytea` (the token matrix in the
-    index's codec, rows back to back) and, for FDEs over 4,000 dims, `code halfvec(sketch)`. A write is one transaction.
+    index's codec: one fixed-width record of the codec's parts per token, back to back) and, for FDEs over 4,000 dims,
+    `code halfvec(sketch)`. A write is one transaction.
+
+    Every codec of codecs.CODECS is stored. Codecs that need training (residual, pq) train on a sample of the first write's
+    tokens (an index built empty: of the first write that has tokens); their state goes to the `muvera_codecs` table of the same
+    schema, keyed by table name, in that write's transaction. Later writes (upserts) keep the trained state, as the file engine
+    does, so stored codes never change.
 
     pgvector's HNSW indexes halfvec up to 4,000 dims. Smaller FDEs are indexed as they are (`halfvec_ip_ops`). Larger ones are
     count-sketched (a fixed random sign and bucket per FDE dim, inner products kept in expectation) to `sketch` dims and
@@ -61,7 +75,8 @@ class PGVectorStorage(Storage):
 
     Settings (the `pgvector` sub-dict of the scoring config): `url` (SQLAlchemy URL, else env ANN_URL), `schema`, `table`
     (default `muvera`), `index` (auto, sketch, halfvec, flat), `sketch` (dims, <= 4,000), `oversample` (sketch candidates per
-    requested candidate), `m`, `efconstruction`, `efsearch` (HNSW). The token codec is the scoring config's `tokens`.
+    requested candidate), `m`, `efconstruction`, `efsearch` (HNSW). The token codec is the scoring config's `tokens`, its
+    options the sub-dict named after it (e.g. `residual: {bits: 2}`).
     """
 
     def __init__(self, config, dimensions, dim):
@@ -76,9 +91,9 @@ class PGVectorStorage(Storage):
         if not isinstance(config["pgvector"], dict):
             raise TypeError(f"pgvector must be a dict of options, got {config['pgvector']!r}")
         settings = self.settings = config["pgvector"]
-        self.codec = config.get("tokens", "float16")
-        if self.codec not in CODECS:
-            raise ValueError(f"Unknown tokens {self.codec!r} for the pgvector backend, accepted: {', '.join(CODECS)}")
+        self.tokens = config.get("tokens", "float16")
+        if not isinstance(self.tokens, str) or self.tokens not in codecmodule.CODECS:
+            raise ValueError(f"Unknown tokens {self.tokens!r} for the pgvector backend, accepted: {', '.join(codecmodule.CODECS)}")
 
         if isinstance(dimensions, bool) or not isinstance(dimensions, (int, np.integer)) or not 1 <= dimensions <= HALFVEC:
             raise ValueError(f"FDE dimensions must be 1..{HALFVEC} for the pgvector backend (halfvec), got {dimensions!r}: lower muvera.final")
@@ -86,8 +101,14 @@ class PGVectorStorage(Storage):
             raise ValueError(f"Token dim must be a positive integer, got {dim!r}")
         self.dimensions, self.dim = int(dimensions), int(dim)
 
+        # Token codec: untrained until the first write with tokens when it needs training (residual, pq)
+        options = config.get(self.tokens) if isinstance(config.get(self.tokens), dict) else {}
+        self.codec = codecmodule.create(self.tokens, self.dim, **options)
+
         self.schema = self.identifier("schema", self.setting("schema", None), True)
         self.table = self.identifier("table", self.setting("table", "muvera"))
+        if self.table == STATE:
+            raise ValueError(f"pgvector table {STATE!r} is reserved for trained codec state: choose another table name")
         self.index = self.setting("index", "auto")
         if self.index not in INDEXES:
             raise ValueError(f"Unknown index {self.index!r} for the pgvector backend, accepted: {', '.join(INDEXES)}")
@@ -120,6 +141,35 @@ class PGVectorStorage(Storage):
         deletes = np.asarray(deletes, dtype=np.int64).reshape(-1)
         self.local.prefetched = {}
 
+        # A codec that needs training learns on a sample of this write's tokens: the write is staged first (batches are read
+        # once). The trained copy replaces the engine's codec only when the write commits.
+        codec, staged = self.codec, None
+        if not codec.trained:
+            staged = batches if isinstance(batches, Staged) else self.stage(batches)
+            if staged.store.tokens:
+                codec = copy.deepcopy(self.codec)
+                codec.train(staged.sample(SAMPLE))
+
+        try:
+            self.write(deletes, staged if staged is not None else batches, codec)
+        finally:
+            if staged is not None and staged is not batches:
+                staged.close()
+
+        self.codec = codec
+        self.fresh, self.ready = False, True
+
+    def write(self, deletes, batches, codec):
+        """
+        Runs one write in one transaction: the new table (first write), the deletes, the codec state (when it was trained by
+        this write), the rows and the candidate index (first write). Rolls back on any error.
+
+        Args:
+            deletes: int64 ids to remove
+            batches: iterable of (ids, fdes, matrices)
+            codec: codec that encodes the rows
+        """
+
         with self.connection() as conn:
             try:
                 with conn.cursor() as cursor:
@@ -128,13 +178,16 @@ class PGVectorStorage(Storage):
                     elif len(deletes):
                         cursor.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.name()), (deletes.tolist(),))
 
+                    if codec is not self.codec:
+                        self.store(cursor, codec)
+
                     # Binary COPY: no text round trip for 10k-dim FDEs and token bytes
                     columns = "id, fde, tokens, code" if self.sketch else "id, fde, tokens"
-                    copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(self.name(), sql.SQL(columns))
-                    with cursor.copy(copy) as writer:
+                    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(self.name(), sql.SQL(columns))
+                    with cursor.copy(statement) as writer:
                         writer.set_types(["int8", "halfvec", "bytea", "halfvec"][: 4 if self.sketch else 3])
                         for ids, fdes, matrices in batches:
-                            ids, fdes, tokens, codes = self.rows(ids, fdes, matrices)
+                            ids, fdes, tokens, codes = self.rows(ids, fdes, matrices, codec)
                             for x, (uid, fde, row) in enumerate(zip(ids, fdes, tokens)):
                                 writer.write_row((uid, HalfVector(fde), row, HalfVector(codes[x])) if self.sketch else (uid, HalfVector(fde), row))
 
@@ -147,7 +200,28 @@ class PGVectorStorage(Storage):
                 conn.rollback()
                 raise
 
-        self.fresh, self.ready = False, True
+    def stage(self, batches):
+        """
+        Collects an iterable of batches into a Staged (float32, as given), so that a codec can train on a sample of it.
+
+        Args:
+            batches: iterable of (ids, fdes, matrices)
+
+        Returns:
+            Staged
+        """
+
+        staged = Staged(self.dim, "float32")
+        try:
+            for ids, fdes, matrices in batches:
+                # Rows are checked here, with the messages of a direct write, before the stage's own checks
+                self.rows(ids, fdes, matrices, None)
+                staged.add(ids, fdes, matrices)
+        except BaseException:
+            staged.close()
+            raise
+
+        return staged
 
     def search(self, queries, limit, options):
         queries = np.asarray(queries, dtype=np.float32)
@@ -253,7 +327,7 @@ class PGVectorStorage(Storage):
 
     def load(self, path):
         path = os.path.join(path, "pgvector")
-        header = readheader(os.path.join(path, "header.json"), "pgvector storage", FORMAT, VERSION)
+        header = readjson(os.path.join(path, "header.json"), "pgvector storage header")
         self.check(header, f"Saved pgvector storage at {path}")
 
         stored = self.describe()
@@ -261,6 +335,7 @@ class PGVectorStorage(Storage):
             raise ValueError(f"Table {self.qualified()} not found in the database: the index saved at {path} needs it")
         self.check(stored, f"Table {self.qualified()}")
 
+        self.codec = self.restore()
         self.fresh, self.ready = False, True
 
     def close(self):
@@ -289,7 +364,7 @@ class PGVectorStorage(Storage):
             what a stored table must match: its name, FDE and token shapes, codec and candidate index
         """
 
-        layout = {"schema": self.schema, "table": self.table, "dimensions": self.dimensions, "dim": self.dim, "tokens": self.codec, "index": self.index}
+        layout = {"schema": self.schema, "table": self.table, "dimensions": self.dimensions, "dim": self.dim, "tokens": self.tokens, "index": self.index}
         return {**layout, "sketch": self.sketch, "seed": SEED if self.sketch else None}
 
     def check(self, stored, what):
@@ -300,6 +375,13 @@ class PGVectorStorage(Storage):
             stored: settings dict (header or table comment)
             what: what holds them, for error messages
         """
+
+        if stored.get("format") != FORMAT:
+            raise ValueError(f"{what} is not txtai-muvera pgvector storage: format {stored.get('format')!r}, expected {FORMAT!r}")
+        if stored.get("version") not in VERSIONS:
+            raise ValueError(f"{what} has version {stored.get('version')!r}; this txtai-muvera reads versions {', '.join(map(str, VERSIONS))}")
+        if stored.get("version") == 1 and self.tokens not in ("float32", "float16"):
+            raise ValueError(f"{what} has version 1, whose {self.tokens!r} token rows this txtai-muvera no longer reads: rebuild the index")
 
         for key, value in self.layout().items():
             if key != "schema" and stored.get(key) != value:
@@ -388,6 +470,75 @@ class PGVectorStorage(Storage):
         cursor.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN tokens SET STORAGE EXTERNAL").format(name))
         cursor.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(name, sql.Literal(json.dumps({"format": FORMAT, "version": VERSION, **self.layout()}))))
 
+        # Codec state of a previous index under this name goes with it (the state table is created when a codec needs it)
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(STATE),))
+        if cursor.fetchone()[0]:
+            cursor.execute(sql.SQL("DELETE FROM {} WHERE tablename = %s").format(self.name(STATE)), (self.table,))
+
+    def store(self, cursor, codec):
+        """
+        Writes a trained codec's state (inside the caller's transaction): its resolved config and each state array as .npy
+        bytes, keyed by this index's table name.
+
+        Args:
+            cursor: psycopg cursor
+            codec: trained Codec
+        """
+
+        state = self.name(STATE)
+        cursor.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (tablename text NOT NULL, part text NOT NULL, value bytea NOT NULL, PRIMARY KEY (tablename, part))").format(state)
+        )
+        cursor.execute(sql.SQL("DELETE FROM {} WHERE tablename = %s").format(state), (self.table,))
+
+        rows = [("config", json.dumps(codec.config).encode("utf-8"))]
+        for part, array in codec.state().items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            rows.append((part, buffer.getvalue()))
+
+        cursor.executemany(sql.SQL("INSERT INTO {} (tablename, part, value) VALUES (%s, %s, %s)").format(state), [(self.table, *row) for row in rows])
+
+    def restore(self):
+        """
+        Reads this index's codec from the database: the trained state when one was stored, an untrained codec otherwise (an
+        index whose writes held no tokens yet).
+
+        Returns:
+            Codec
+        """
+
+        if self.codec.trained:
+            return self.codec
+
+        with self.connection() as conn:
+            try:
+                rows = []
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(STATE),)).fetchone()[0]:
+                    statement = sql.SQL("SELECT part, value FROM {} WHERE tablename = %s").format(self.name(STATE))
+                    rows = conn.execute(statement, (self.table,)).fetchall()
+                stored = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE length(tokens) > 0)").format(self.name())).fetchone()[0]
+            finally:
+                conn.rollback()
+
+        state = {part: bytes(value) for part, value in rows}
+        if "config" not in state:
+            if stored:
+                raise ValueError(f"Table {self.qualified()} holds {self.tokens!r} token codes but no trained codec state in {self.qualified(STATE)}")
+            return self.codec
+
+        try:
+            config = json.loads(state.pop("config").decode("utf-8"))
+            codec = codecmodule.fromconfig(config, self.dim)
+            codec.restore({part: np.load(io.BytesIO(value), allow_pickle=False) for part, value in state.items()})
+        except ValueError as error:
+            raise ValueError(f"Corrupt codec state of table {self.qualified()} in {self.qualified(STATE)}: {error}") from error
+
+        if codec.name != self.tokens:
+            raise ValueError(f"Codec state of table {self.qualified()} is for tokens {codec.name!r}, this index expects {self.tokens!r}")
+
+        return codec
+
     def build(self, cursor):
         """
         Creates the candidate index of a new table.
@@ -449,7 +600,7 @@ class PGVectorStorage(Storage):
             "ORDER BY score DESC, id LIMIT %(limit)s"
         ).format(tokens=tokens, query=query, name=name, order=order)
 
-    def rows(self, ids, fdes, matrices):
+    def rows(self, ids, fdes, matrices, codec):
         """
         Checks one batch and turns it into rows.
 
@@ -457,6 +608,7 @@ class PGVectorStorage(Storage):
             ids: int64 (n,)
             fdes: float32 (n, dimensions)
             matrices: list of float32 (t, dim)
+            codec: Codec that encodes the tokens, None to only check the batch
 
         Returns:
             (ids list, float16 FDEs, token bytes list, float16 sketch codes or None)
@@ -486,37 +638,56 @@ class PGVectorStorage(Storage):
             if not np.isfinite(codes).all():
                 raise ValueError("FDE sketches exceed float16 range")
 
-        return ids.astype(np.int64).tolist(), half, [self.encode(matrix) for matrix in matrices], codes
+        tokens = self.encode(matrices, codec)
+        return ids.astype(np.int64).tolist(), half, tokens, codes
 
-    def encode(self, matrix):
+    def encode(self, matrices, codec):
         """
-        Encodes one token matrix in the index's codec.
+        Encodes a batch of token matrices with a codec, all rows in one call.
 
         Args:
-            matrix: float32 (t, dim)
+            matrices: list of float32 (t, dim)
+            codec: Codec, None to only check the matrices
 
         Returns:
-            bytes
+            list of bytes, one per matrix: its tokens' records back to back (None when codec is None)
         """
 
-        matrix = np.asarray(matrix, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
-            raise ValueError(f"Token matrices must be (tokens, {self.dim}), got shape {matrix.shape}")
-        if not np.isfinite(matrix).all():
+        arrays = []
+        for matrix in matrices:
+            matrix = np.asarray(matrix, dtype=np.float32)
+            matrix = matrix.reshape(0, self.dim) if matrix.size == 0 else matrix
+            if matrix.ndim != 2 or matrix.shape[1] != self.dim:
+                raise ValueError(f"Token matrices must be (tokens, {self.dim}), got shape {matrix.shape}")
+            arrays.append(matrix)
+
+        rows = np.concatenate(arrays) if arrays else np.zeros((0, self.dim), dtype=np.float32)
+        if not np.isfinite(rows).all():
             raise ValueError("Token matrix contains NaN or infinite values")
+        if codec is None:
+            return None
 
-        if self.codec == "int8":
-            # Same rule as the token store: scale = max|x| / 127 per row (1 for zero rows), then the int8 codes
-            scale = np.abs(matrix).max(axis=1, initial=0.0) / 127
-            scale[scale == 0] = 1
-            codes = np.clip(np.round(matrix / scale[:, None]), -127, 127).astype(np.int8)
-            return scale.astype("<f4").tobytes() + codes.tobytes()
+        lengths = np.array([len(x) for x in arrays], dtype=np.int64)
+        if not len(rows):
+            return [b""] * len(arrays)
 
-        return matrix.astype("<f2" if self.codec == "float16" else "<f4").tobytes()
+        # Values past float16's range would be stored as inf
+        codes = codec.encode(rows)
+        if codec.name == "float16" and not np.isfinite(codes["tokens"]).all():
+            raise ValueError("Token matrices exceed the float16 range (+-65504): use tokens float32")
+
+        block = np.empty(len(rows), dtype=records(codec))
+        for name, array in codes.items():
+            block[name] = array
+
+        data, width = block.tobytes(), block.dtype.itemsize
+        ends = np.cumsum(lengths) * width
+        return [data[end - length * width : end] for end, length in zip(ends.tolist(), lengths.tolist())]
 
     def decode(self, rows):
         """
-        Decodes token bytes into the flat form of maxsim_flat.
+        Decodes token bytes into the flat form of maxsim_flat, the whole block at once: float32 / float16 / int8 rows come back
+        as stored (int8 with its scales), other codecs decode to float32, as TokenStore.gather does.
 
         Args:
             rows: list of bytes
@@ -525,21 +696,28 @@ class PGVectorStorage(Storage):
             (tokens (T, dim), offsets (len + 1,) int64, scale (T,) float32 or None)
         """
 
-        width = self.dim * CODECS[self.codec] + (4 if self.codec == "int8" else 0)
-        lengths = np.array([len(row) // width for row in rows], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        record = records(self.codec)
+        sizes = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        if np.any(sizes % record.itemsize):
+            raise ValueError(f"Token bytes in table {self.qualified()} are not whole {record.itemsize}-byte {self.tokens!r} token records: the table is corrupt")
 
-        if self.codec == "int8":
-            scales = [np.frombuffer(row, dtype="<f4", count=n) for row, n in zip(rows, lengths)]
-            codes = [np.frombuffer(row, dtype=np.int8, offset=n * 4).reshape(n, self.dim) for row, n in zip(rows, lengths)]
-            scale = np.concatenate(scales).astype(np.float32) if rows else np.zeros(0, dtype=np.float32)
-            tokens = np.concatenate(codes) if rows else np.zeros((0, self.dim), dtype=np.int8)
-            return tokens, offsets, scale
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(sizes // record.itemsize, out=offsets[1:])
 
-        dtype = np.float16 if self.codec == "float16" else np.float32
-        parts = [np.frombuffer(row, dtype=np.dtype(dtype).newbyteorder("<")).reshape(-1, self.dim) for row in rows]
-        tokens = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, self.dim), dtype=dtype)
-        return tokens, offsets, None
+        # One buffer, one structured view: each part is a column of it, converted to native byte order
+        block = np.frombuffer(b"".join(rows), dtype=record)
+        codes = {name: block[name].astype(dtype) for name, (dtype, _) in self.codec.parts().items()}
+
+        if not self.codec.native:
+            # An index whose writes held no tokens has no trained state to decode with, and nothing to decode
+            return self.codec.decode(codes) if len(block) else np.zeros((0, self.dim), dtype=np.float32), offsets, None
+
+        tokens, scale = codes["tokens"], codes.get("scale")
+        values = scale if scale is not None else tokens
+        if not np.isfinite(values).all():
+            raise ValueError(f"Stored tokens in table {self.qualified()} are NaN or infinite: the table is corrupt")
+
+        return tokens, offsets, scale
 
     def fetch(self, ids):
         """
@@ -582,21 +760,29 @@ class PGVectorStorage(Storage):
         except ValueError as error:
             raise ValueError(f"Table {self.qualified()} is not a txtai-muvera pgvector table (comment: {row[0]!r})") from error
 
-    def name(self):
+    def name(self, table=None):
         """
+        Args:
+            table: a table of this index's schema, defaults to the index table
+
         Returns:
             quoted table name
         """
 
-        return sql.Identifier(self.schema, self.table) if self.schema else sql.Identifier(self.table)
+        table = table or self.table
+        return sql.Identifier(self.schema, table) if self.schema else sql.Identifier(table)
 
-    def qualified(self):
+    def qualified(self, table=None):
         """
+        Args:
+            table: a table of this index's schema, defaults to the index table
+
         Returns:
             quoted table name as text, for to_regclass
         """
 
-        return f'"{self.schema}"."{self.table}"' if self.schema else f'"{self.table}"'
+        table = table or self.table
+        return f'"{self.schema}"."{table}"' if self.schema else f'"{table}"'
 
     @staticmethod
     def identifier(name, value, optional=False):
@@ -636,6 +822,20 @@ class PGVectorStorage(Storage):
             raise ValueError(f"pgvector {name} must be a positive integer, got {value!r}")
 
         return int(value)
+
+
+def records(codec):
+    """
+    The stored record of one token: the codec's parts back to back, little-endian, no padding.
+
+    Args:
+        codec: Codec (trained, when its parts depend on the trained state)
+
+    Returns:
+        numpy structured dtype
+    """
+
+    return np.dtype([(name, np.dtype(dtype).newbyteorder("<"), shape) for name, (dtype, shape) in codec.parts().items()])
 
 
 def sketching(dimensions, size):
