@@ -117,16 +117,16 @@ def test_shapes():
     assert results[0].shape == (0, DIM) and results[1].shape == (1, DIM) and results[2].shape == (2, DIM)
 
     # protected=0 pools every token: two tokens into one mean
-    np.testing.assert_allclose(pool([two], 2, protected=0)[0], two.mean(axis=0, keepdims=True), atol=1e-7)
+    np.testing.assert_allclose(pool([two], 2, protected=0, normalize=False)[0], two.mean(axis=0, keepdims=True), atol=1e-7)
 
     # Identical tokens tie at distance 0: the cut keeps them in one cluster, their own value (as PyLate's fcluster cut does)
     same = np.repeat(one, 9, axis=0)
     np.testing.assert_allclose(pool([same], 4, protected=0)[0], one, atol=1e-6)
 
-    # Means of unit vectors are not re-normalised: two orthogonal tokens pool to a vector of norm sqrt(1/2)
+    # Means are re-normalised by default; PyLate's plain mean of two orthogonal unit tokens has norm sqrt(1/2)
     orthogonal = np.eye(DIM, dtype=np.float32)[:2]
-    assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0)[0]), np.sqrt(0.5))
-    assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0, normalize=True)[0]), 1.0)
+    assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0)[0]), 1.0)
+    assert np.isclose(np.linalg.norm(pool([orthogonal], 2, protected=0, normalize=False)[0]), np.sqrt(0.5))
 
     # A document of 101 tokens at factor 2 keeps 1 + 50
     assert pool(documents(rng, 1, 101, 101), 2)[0].shape == (51, DIM)

