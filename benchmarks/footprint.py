@@ -357,9 +357,10 @@ def rerank(tokenstore, queries, candidates, timed):
     return scores, timings
 
 
-def grid(name, output, pools, codecs, names):
+def grid(name, output, pools, codecs, names, limit=None):
     """
-    Runs the grid on one cached dataset, appending one JSON line per (pool, codec, FDE, candidates) to output.
+    Runs the grid on one cached dataset, appending one JSON line per (pool, codec, FDE, candidates) to output. limit keeps the
+    first limit judged queries (the exact reference is computed over the same queries).
     """
 
     # pylint: disable=C0415
@@ -367,10 +368,13 @@ def grid(name, output, pools, codecs, names):
 
     tokens, metrics = Tokens(os.path.join(OUTPUT, "tokens", name)), Metrics(["ndcg@10"])
     documents, queries = tokens.documents(), tokens.queries()
+    if limit and limit < len(queries):
+        queries, tokens.queryids = queries[:limit], tokens.queryids[:limit]
+        tokens.qrels = {uid: tokens.qrels[uid] for uid in tokens.queryids}
     sys.stdout.write(f"{name}: {len(documents)} documents, {len(queries)} queries\n")
 
     os.makedirs(os.path.join(OUTPUT, "footprint"), exist_ok=True)
-    reference = exact(tokens, queries, os.path.join(OUTPUT, "footprint", f"{name}-exact.json"))
+    reference = exact(tokens, queries, os.path.join(OUTPUT, "footprint", f"{name}-{len(queries)}-exact.json"))
     base = ndcg(tokens, reference, metrics)
     top10 = [set(x[:10].tolist()) for x in reference]
     sys.stdout.write(f"  exact MaxSim nDCG@10 {base:.4f}\n")
@@ -403,6 +407,7 @@ def grid(name, output, pools, codecs, names):
                     value = ndcg(tokens, rankings, metrics)
                     line = {
                         "dataset": name,
+                        "queries": len(queries),
                         "pool": pool,
                         "codec": codec,
                         "fde": fde,
@@ -562,6 +567,7 @@ def main():
     parser.add_argument("--pools", default="1,2,3")
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--fdes", default=",".join(FDES))
+    parser.add_argument("--queries", type=int, default=None, help="keep the first N judged queries of each dataset")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1, help="faiss / torch threads (1: stable one-query timings on a shared machine)")
     parser.add_argument("--encode", action="store_true", help="only encode and cache the datasets")
@@ -583,7 +589,7 @@ def main():
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
         for name in datasets:
-            grid(name, args.output, [int(x) for x in args.pools.split(",")], args.codecs.split(","), args.fdes.split(","))
+            grid(name, args.output, [int(x) for x in args.pools.split(",")], args.codecs.split(","), args.fdes.split(","), args.queries)
 
     report(args.output)
 

@@ -137,7 +137,7 @@ def prepare(corpus, queries, cache, chunk=1024):
             return np.load(files[0], mmap_mode="r"), np.load(files[1]), [set(x) for x in json.load(f)]
 
     # One real dataset without padding: the footprint grid's exact MaxSim ranking (same tokens, same kernel) is reused
-    grid = os.path.join(OUTPUT, "footprint", f"{corpus.real[0].name}-exact.json")
+    grid = os.path.join(OUTPUT, "footprint", f"{corpus.real[0].name}-{len(queries)}-exact.json")
     reuse = len(corpus.real) == 1 and corpus.total == corpus.sizes[0] and len(queries) == len(corpus.real[0].queryids) and os.path.isfile(grid)
 
     os.makedirs(cache, exist_ok=True)
@@ -203,15 +203,19 @@ def main():
     fdes, qfdes, exact = prepare(corpus, queries, cache)
     output = os.path.join(OUTPUT, f"recall-{corpus.total}.jsonl")
 
-    rows = []
+    # Indexes with the same build options are built once (names differ by search settings)
+    rows, built = [], {}
     for name in args.indexes.split(","):
         options, search = INDEXES[name]
-        faiss.omp_set_num_threads(args.threads)
-        index = FDEIndex(fdes.shape[1], **json.loads(json.dumps(options)))
-        start = time.perf_counter()
-        index.index(np.arange(len(fdes)), np.asarray(fdes))
-        build = time.perf_counter() - start
-        bytes_ = size(index) / len(fdes)
+        key = json.dumps(options, sort_keys=True)
+        if key not in built:
+            built.clear()
+            faiss.omp_set_num_threads(args.threads)
+            index = FDEIndex(fdes.shape[1], **json.loads(key))
+            start = time.perf_counter()
+            index.index(np.arange(len(fdes)), np.asarray(fdes))
+            built[key] = (index, time.perf_counter() - start, size(index) / len(fdes))
+        index, build, bytes_ = built[key]
 
         faiss.omp_set_num_threads(1)
         for depth in DEPTHS:
@@ -245,7 +249,6 @@ def main():
                 f.write(json.dumps(row) + "\n")
             sys.stdout.write(json.dumps(row) + "\n")
             sys.stdout.flush()
-        del index
 
     table(rows)
 

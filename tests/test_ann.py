@@ -287,7 +287,7 @@ def test_pq_fastscan():
     # 4-bit codes: 16 centroids per sub-vector, trained from 256 vectors by default
     index = FDEIndex(DIM, "flat", "pq", pq={"m": 32, "nbits": 4})
     index.index(ids, vectors)
-    assert index.config["pq"] == {"m": 32, "nbits": 4, "train": 256} and index.config["trained"] is True
+    assert index.config["pq"] == {"m": 32, "nbits": 4, "train": 256, "sample": None} and index.config["trained"] is True
     assert recall(index, vectors, ids, queries, 10) >= 0.35
     index.delete(ids[:1500])
     assert not np.isin(index.search(queries, 10)[1], ids[:1500]).any()
@@ -390,3 +390,22 @@ def test_version1_ivf(tmp_path):
     assert index.search(queries, 5)[1].tolist() == [x[1].tolist() for x in brute(vectors, ids, queries, 5)]
     index.delete(ids[:500])
     assert index.search(queries, 5)[1].tolist() == [x[1].tolist() for x in brute(vectors[500:], ids[500:], queries, 5)]
+
+
+def test_pq_sample():
+    # Trained on a sample: same codebooks for the same sample, recall close to training on everything
+    rng = np.random.default_rng(12)
+    vectors = clustered(rng, 3000, clusters=50)
+    queries = vectors[rng.integers(0, 3000, 40)] + 0.1 * rng.standard_normal((40, DIM)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64)
+
+    full = FDEIndex(DIM, "flat", "pq", pq={"m": 16, "train": 1000})
+    full.index(ids, vectors)
+    sampled = FDEIndex(DIM, "flat", "pq", pq={"m": 16, "train": 1000, "sample": 1000})
+    sampled.index(ids, vectors)
+    assert sampled.config["pq"]["sample"] == 1000 and sampled.config["trained"] is True
+    assert recall(sampled, vectors, ids, queries, 10) >= recall(full, vectors, ids, queries, 10) - 0.1
+
+    again = FDEIndex(DIM, "flat", "pq", pq={"m": 16, "train": 1000, "sample": 1000})
+    again.index(ids, vectors)
+    np.testing.assert_array_equal(again.search(queries, 10)[1], sampled.search(queries, 10)[1])

@@ -27,8 +27,10 @@ IVF = {"nlist": None, "nprobe": 64}
 
 # Product quantisation: m sub-quantizers (None = largest divisor of dims <= dims / 16), nbits per code (8: 256 centroids per
 # sub-vector, MUVERA's PQ-256-8 is m = dims / 8; 4: 16 centroids, ~16x faster to train, fast-scan search on flat indexes),
-# train: fewest vectors a PQ is trained on (None = 16 * 2^nbits); smaller collections are stored uncompressed until they grow
-PQ = {"m": None, "nbits": 8, "train": None}
+# train: fewest vectors a PQ is trained on (None = 16 * 2^nbits); smaller collections are stored uncompressed until they grow;
+# sample: most vectors it is trained on (a seeded random subset; None = all): training time is linear in it, so a sample of
+# 16 * 2^nbits is the faster-to-train setting
+PQ = {"m": None, "nbits": 8, "train": None, "sample": None}
 
 # Binary codes (one sign bit per dimension): rescore * limit Hamming candidates are re-scored by the float query against the
 # +-1 codes (asymmetric inner product), best first
@@ -72,7 +74,8 @@ class FDEIndex:
             threshold: largest number of documents indexed exactly when index is auto
             hnsw: dict with m, efconstruction, efsearch
             ivf: dict with nlist (None = sqrt(n)), nprobe
-            pq: dict with m (sub-quantizers, must divide dimensions), nbits (8 or 4), train (fewest training vectors)
+            pq: dict with m (sub-quantizers, must divide dimensions), nbits (8 or 4), train (fewest training vectors), sample
+                (most training vectors)
             binary: dict with rescore (Hamming candidates per result re-scored in float)
             trained: resolved state written into config, ignored here (the data decides)
         """
@@ -176,7 +179,8 @@ class FDEIndex:
         Args:
             queries: float32 (nq, dimensions), or one (dimensions,) query
             limit: maximum results per query
-            efsearch: HNSW search depth, defaults to the configured efsearch, raised to the number of candidates fetched
+            efsearch: HNSW search depth, defaults to max(configured efsearch, hnsw factor x candidates fetched), never below the
+                      number of candidates fetched
             nprobe: IVF lists to visit, defaults to the configured nprobe
 
         Returns:
@@ -203,7 +207,9 @@ class FDEIndex:
         # Search parameters, keeping selector objects referenced until the search is done
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.deleted)) if len(self.deleted) else None
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(int(efsearch or self.hnsw["efsearch"]), fetch))
+            # The search depth grows with the candidates asked for: factor x candidates, at least efsearch
+            depth = int(efsearch or max(int(self.hnsw["efsearch"]), int(self.hnsw.get("factor") or 1) * fetch))
+            params = faiss.SearchParametersHNSW(efSearch=max(depth, fetch))
         elif self.kind == "ivf":
             params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.ivf["nprobe"]))
         else:
@@ -366,7 +372,12 @@ class FDEIndex:
             backend = faiss.IndexIDMap2(backend)
 
         if not backend.is_trained:
-            backend.train(vectors)
+            sample = self.pq.get("sample") if self.quantize == "pq" and self.trained else None
+            if sample and len(vectors) > int(sample):
+                rows = np.sort(np.random.default_rng(0).choice(len(vectors), int(sample), replace=False))
+                backend.train(np.ascontiguousarray(vectors[rows]))
+            else:
+                backend.train(vectors)
         backend.add_with_ids(self.encode(vectors), ids)
 
         self.backend, self.deleted, self.lookup = backend, np.zeros(0, dtype=np.int64), None
