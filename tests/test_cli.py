@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from txtai_muvera import ColBERT, Muvera, islateinteraction
 from txtai_muvera.tools import standin
@@ -167,13 +168,19 @@ def test_info(index, checkpoint, capsys):
 def test_index_options(checkpoint, corpus, tmp_path, capsys):
     output = tmp_path / "index"
     args = ["index", str(corpus), str(output), "--model", checkpoint, "--quiet", *MUVERA]
-    assert main([*args, "--tokens", "int8", "--ann", "hnsw", "--candidates", "7", "--no-rerank"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--tokens", "int8", "--ann", "hnsw", "--candidates", "7", "--no-rerank", "--threads", "1"]) == 0
+    finally:
+        # torch's thread count is process wide
+        torch.set_num_threads(threads)
     summary = capsys.readouterr().out
     assert f"Indexed {len(TEXTS)} documents" in summary and "bytes on disk" in summary
 
     with open(output / "config.json", encoding="utf-8") as f:
         scoring = json.load(f)["scoring"]
     assert scoring["tokens"] == "int8" and scoring["ann"]["type"] == "hnsw" and scoring["candidates"] == 7 and scoring["rerank"] is False
+    assert scoring["vectors"]["threads"] == 1
 
     # An existing index is only replaced with --overwrite
     error(capsys, args, "--overwrite", str(output))

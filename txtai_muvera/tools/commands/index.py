@@ -47,6 +47,7 @@ def configure(subparsers):
     model = parser.add_argument_group("encoding")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     model.add_argument("--batch", type=positive, help="model batch size (default 32)")
+    model.add_argument("--threads", type=positive, help="CPU threads for the model (default: torch's, one per core); 1 is fastest on a busy machine")
     model.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -121,7 +122,7 @@ def config(args):
     sparse = {"path": args.model}
     sections = {
         "muvera": {name: getattr(args, name) for name in ("repetitions", "hashes", "projection", "final", "seed")},
-        "vectors": {"device": args.device, "batch": args.batch},
+        "vectors": {"device": args.device, "batch": args.batch, "threads": args.threads},
         "ann": {"index": args.ann, "quantize": args.quantize},
     }
     for section, values in sections.items():
