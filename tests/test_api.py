@@ -185,7 +185,11 @@ def killed(checkpoint, tmp_path, cls, crashes):
     results = []
     for crash in crashes:
         child = subprocess.run(
-            [sys.executable, "-c", WRITER, cls, str(tmp_path / "config.json"), str(crash)], capture_output=True, env=environment(), timeout=600, check=False
+            [sys.executable, "-c", WRITER, cls, str(tmp_path / "config.json"), str(crash)],
+            capture_output=True,
+            env=environment(),
+            timeout=600,
+            check=False,
         )
         assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
 

@@ -273,7 +273,8 @@ def test_special_files(checkpoint, tmp_path, capsys):
     os.mkfifo(folder / "pipe.txt")
 
     outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(error(capsys, ["index", str(folder), str(tmp_path / "out"), "--model", checkpoint], "pipe.txt", "FIFO")))
+    command = ["index", str(folder), str(tmp_path / "out"), "--model", checkpoint]
+    thread = threading.Thread(target=lambda: outcome.append(error(capsys, command, "pipe.txt", "FIFO")))
     thread.start()
     thread.join(60)
     if thread.is_alive():

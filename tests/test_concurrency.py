@@ -178,9 +178,8 @@ def test_application_threads(tmp_path_factory):
     from txtai_muvera.glue.api import Application
 
     checkpoint = build_pylate_checkpoint(tmp_path_factory.mktemp("app"), hidden=32, dim=16, document_length=32)
-    application = Application(
-        {"writable": True, "embeddings": {"content": True, "sparse": {"path": checkpoint, "method": "txtai_muvera.MuveraScoring", "terms": True, "muvera": dict(MUVERA)}}}
-    )
+    sparse = {"path": checkpoint, "method": "txtai_muvera.MuveraScoring", "terms": True, "muvera": dict(MUVERA)}
+    application = Application({"writable": True, "embeddings": {"content": True, "sparse": sparse}})
     application.add([{"id": str(i), "text": text} for i, text in enumerate(corpus(100, 6))])
     application.index()
 
