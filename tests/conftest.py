@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, not lazily by its pytest plugin at the end of a session: on CPython 3.11.7 that late import's assertion
+# rewrite failed with "SystemError: AST constructor recursion depth mismatch" after the pgvector lifecycle tests
+import hypothesis  # noqa: F401 pylint: disable=W0611
+
 # Make the checkpoint builders importable as `from checkpoints import ...`
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,3 +54,105 @@ def stanford_checkpoint(tmp_path_factory):
     """
 
     return build_stanford_checkpoint(tmp_path_factory.mktemp("stanford"))
+
+
+class Engine:
+    """
+    Storage engine of a lifecycle test (`engine` fixture): builds Embeddings configs for it. The pgvector engine keeps its
+    tables and txtai's content tables in one fresh PostgreSQL database per test; every config gets an engine table of its
+    own. Content tables are txtai's fixed ones (its `schema` setting binds `SET search_path` as a server-side parameter,
+    which PostgreSQL refuses): every `index` clears them, so the examples of a property test, each starting with an index,
+    never see each other's rows.
+    """
+
+    def __init__(self, name, url=None):
+        """
+        Creates an engine, and for pgvector its test database.
+
+        Args:
+            name: faiss or pgvector
+            url: SQLAlchemy URL of the test server (pgvector)
+        """
+
+        self.name, self.server, self.database = name, url, None
+        if name == "pgvector":
+            import uuid  # pylint: disable=C0415
+
+            from sqlalchemy.engine import make_url  # pylint: disable=C0415
+
+            database, parsed = f"d_{uuid.uuid4().hex[:12]}", make_url(url)
+            self.admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.execute(f'CREATE DATABASE "{database}"')
+            self.database = parsed.set(database=database).render_as_string(hide_password=False)
+            self.dropped = database
+
+    def config(self, sparse, **kwargs):
+        """
+        Embeddings config for this engine, with content.
+
+        Args:
+            sparse: late-interaction settings (path, muvera, ...)
+            kwargs: further top-level settings (batch, ...)
+
+        Returns:
+            dict for Embeddings(config)
+        """
+
+        if self.name == "faiss":
+            return {"sparse": {**sparse, "backend": "faiss"}, "content": True, **kwargs}
+
+        import uuid  # pylint: disable=C0415
+
+        # txtai's content database on psycopg 3 (postgresql+psycopg); the engine accepts the psycopg2 name too
+        suffix = uuid.uuid4().hex[:12]
+        content = self.database.replace("+psycopg2://", "+psycopg://")
+        sparse = {**sparse, "backend": "pgvector", "pgvector": {"url": self.database, "table": f"t_{suffix}"}}
+        return {"sparse": sparse, "content": content, **kwargs}
+
+    def execute(self, statement):
+        """
+        Runs a statement on the server's maintenance connection (autocommit).
+
+        Args:
+            statement: SQL
+        """
+
+        import psycopg  # pylint: disable=C0415
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def close(self):
+        """
+        Drops the test database (with any connection a test left open).
+        """
+
+        if self.database:
+            self.execute(f'DROP DATABASE IF EXISTS "{self.dropped}" WITH (FORCE)')
+            self.database = None
+
+
+@pytest.fixture(params=["faiss", "pgvector"])
+def engine(request):
+    """
+    Storage engine of a lifecycle test: faiss always; pgvector against the real server named by TXTAI_MUVERA_PG_URL (skipped
+    without it, except under CI, which must run it).
+    """
+
+    if request.param == "faiss":
+        yield Engine("faiss")
+        return
+
+    url = os.environ.get("TXTAI_MUVERA_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the pgvector lifecycle tests: .ci/run exports TXTAI_MUVERA_PG_URL")
+        pytest.skip("pgvector engine: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
+    for module in ("psycopg", "pgvector", "sqlalchemy"):
+        pytest.importorskip(module, reason="postgres extra not installed: pip install txtai-muvera[postgres]")
+
+    instance = Engine("pgvector", url)
+    try:
+        yield instance
+    finally:
+        instance.close()

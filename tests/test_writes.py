@@ -1,9 +1,12 @@
 """
-Failed writes lose nothing: index, upsert and delete that raise leave the instance as it was, in the same process
+Failed writes lose nothing: index, upsert and delete that raise leave the instance as it was, in the same process, on every
+storage engine (`engine` fixture: faiss files; pgvector with content in the same PostgreSQL)
 """
 
 import sqlite3
 import threading
+
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -36,8 +39,8 @@ def checkpoint(tmp_path_factory):
 BATCH = 128
 
 
-def create(checkpoint, documents=300):
-    embeddings = Embeddings(sparse={"path": checkpoint, "muvera": dict(MUVERA), "candidates": 1000}, content=True, batch=BATCH)
+def create(engine, checkpoint, documents=300):
+    embeddings = Embeddings(engine.config({"path": checkpoint, "muvera": dict(MUVERA), "candidates": 1000}, batch=BATCH))
     embeddings.index([(f"d{i}", text, None) for i, text in enumerate(corpus(documents))])
     return embeddings
 
@@ -57,9 +60,11 @@ def aligned(embeddings, checkpoint, sample=25):
     the encoding of the database text under the same index id.
     """
 
-    rows = embeddings.database.connection.execute("select indexid, text from sections order by indexid").fetchall()
+    embeddings.scoring.count()
+    rows = sorted((row["indexid"], row["text"]) for row in embeddings.search("select indexid, text from txtai limit 100000"))
     stored = embeddings.scoring.storage.ids()
     assert sorted(stored.tolist()) == [indexid for indexid, _ in rows]
+    assert embeddings.scoring.storage.count() == len(rows)
 
     model = ColBERT(checkpoint)
     for indexid, text in [rows[x] for x in np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)]:
@@ -78,8 +83,8 @@ def documents(size, bad, seed=1, replace=50):
 
 
 @pytest.mark.parametrize("bad", [0, BATCH + 6, 5 * BATCH + 10])
-def test_failed_upsert(checkpoint, bad):
-    embeddings = create(checkpoint)
+def test_failed_upsert(engine, checkpoint, bad):
+    embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
     with pytest.raises(TypeError, match="has int text"):
@@ -97,9 +102,9 @@ def test_failed_upsert(checkpoint, bad):
     aligned(embeddings, checkpoint)
 
 
-def test_failed_upsert_plain(checkpoint):
+def test_failed_upsert_plain(engine, checkpoint):
     # Through txtai's own upsert the late-interaction index is untouched too (txtai's own database rows are not: see README)
-    embeddings = create(checkpoint)
+    embeddings = create(engine, checkpoint)
     before = embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()
 
     with pytest.raises(TypeError, match="has int text"):
@@ -108,27 +113,78 @@ def test_failed_upsert_plain(checkpoint):
     assert (embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()) == before
 
 
-@pytest.mark.parametrize("part", ["fdes", "tokens"])
-def test_failed_storage_write(checkpoint, part, monkeypatch):
-    embeddings = create(checkpoint)
+class Failing:
+    """
+    A psycopg connection whose commit fails: every statement of the write ran, then the server refuses to commit.
+    """
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def commit(self):
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.connection, name)
+
+
+def inject(storage, point, monkeypatch):
+    """
+    Makes the storage engine's next write fail at one of two points each engine has.
+
+    faiss: "first" fails the FDE index add (after every token row is in), "later" the token store add of the second chunk of
+    1,024 documents. pgvector: "first" fails turning the second chunk into rows (the deletes and the first chunk are in the
+    transaction), "later" fails the commit itself (every statement ran).
+
+    Args:
+        storage: storage engine
+        point: first or later
+        monkeypatch: pytest monkeypatch
+    """
+
+    if hasattr(storage, "fdes"):
+        target = storage.fdes if point == "first" else storage.store
+        original, calls = target.add, []
+
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if point == "first" or len(calls) > 1:
+                raise OSError(28, "No space left on device")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(target, "add", failing)
+    elif point == "first":
+        original, calls = storage.rows, []
+
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError(28, "No space left on device")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "rows", failing)
+    else:
+        original = storage.connection
+
+        @contextmanager
+        def failing():
+            with original() as connection:
+                yield Failing(connection)
+
+        monkeypatch.setattr(storage, "connection", failing)
+
+
+@pytest.mark.parametrize("point", ["first", "later"])
+def test_failed_storage_write(engine, checkpoint, point, monkeypatch):
+    embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
-    # Inject a failure in the FDE index or the token store write (tokens: after the first chunk of 1,024 documents is in)
-    storage = embeddings.scoring.storage
-    target, name = (storage.fdes, "add") if part == "fdes" else (storage.store, "add")
-    original, calls = getattr(target, name), []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if part == "fdes" or len(calls) > 1:
-            raise OSError(28, "No space left on device")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(target, name, failing)
+    # Inject a failure in the storage engine's write (see inject)
+    inject(embeddings.scoring.storage, point, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         transaction.upsert(embeddings, documents(1100, 1099, replace=100)[:-1])
 
-    monkeypatch.setattr(target, name, original)
+    monkeypatch.undo()
     assert state(embeddings) == before
     aligned(embeddings, checkpoint)
 
@@ -137,12 +193,25 @@ def test_failed_storage_write(checkpoint, part, monkeypatch):
     aligned(embeddings, checkpoint)
 
 
-def test_failed_delete(checkpoint, monkeypatch):
-    embeddings = create(checkpoint)
+def test_failed_delete(engine, checkpoint, monkeypatch):
+    embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
-    monkeypatch.setattr(embeddings.scoring.storage.store, "delete", lambda ids: (_ for _ in ()).throw(OSError("injected")))
-    with pytest.raises(OSError, match="injected"):
+    # The token store's delete (faiss), or the commit of the DELETE statement (pgvector)
+    storage = embeddings.scoring.storage
+    if hasattr(storage, "store"):
+        monkeypatch.setattr(storage.store, "delete", lambda ids: (_ for _ in ()).throw(OSError("injected")))
+    else:
+        original = storage.connection
+
+        @contextmanager
+        def failing():
+            with original() as connection:
+                yield Failing(connection)
+
+        monkeypatch.setattr(storage, "connection", failing)
+
+    with pytest.raises(OSError, match="injected|No space left"):
         transaction.delete(embeddings, ["d1", "d2"])
 
     monkeypatch.undo()
@@ -150,8 +219,8 @@ def test_failed_delete(checkpoint, monkeypatch):
     assert transaction.delete(embeddings, ["d1"]) == ["d1"] and embeddings.count() == before[0] - 1
 
 
-def test_failed_index_keeps_loaded_instance(checkpoint, tmp_path):
-    embeddings = create(checkpoint, 200)
+def test_failed_index_keeps_loaded_instance(engine, checkpoint, tmp_path):
+    embeddings = create(engine, checkpoint, 200)
     durable.save(embeddings, tmp_path / "index")
     loaded = durable.load(tmp_path / "index")
     before = state(loaded)
@@ -175,9 +244,9 @@ def test_failed_index_keeps_loaded_instance(checkpoint, tmp_path):
     assert loaded.count() == 1 and loaded.search("music", 1)[0]["id"] == "x"
 
 
-def test_none_documents_long_call(checkpoint):
+def test_none_documents_long_call(engine, checkpoint):
     # None documents take no index id, like txtai's database: ids stay aligned in calls longer than one batch
-    embeddings = create(checkpoint, 10)
+    embeddings = create(engine, checkpoint, 10)
     batch = [(f"n{i}", text, None) for i, text in enumerate(corpus(6 * BATCH, 4))]
     for x in (5, BATCH + 3, 5 * BATCH + 1):
         batch[x] = (f"n{x}", None, None)
@@ -192,10 +261,10 @@ def test_none_documents_long_call(checkpoint):
     aligned(embeddings, checkpoint)
 
 
-def test_database_failure_does_not_hang(checkpoint, monkeypatch):
+def test_database_failure_does_not_hang(engine, checkpoint, monkeypatch):
     # A database error deep in a call larger than five batches raises promptly (no encoding thread to block) and the
     # helper restores everything
-    embeddings = create(checkpoint)
+    embeddings = create(engine, checkpoint)
     before = state(embeddings)
     original, calls = embeddings.database.insert, []
 

@@ -179,7 +179,7 @@ class PGVectorStorage(Storage):
                         cursor.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.name()), (deletes.tolist(),))
 
                     if codec is not self.codec:
-                        self.store(cursor, codec)
+                        self.savestate(cursor, codec)
 
                     # Binary COPY: no text round trip for 10k-dim FDEs and token bytes
                     columns = "id, fde, tokens, code" if self.sketch else "id, fde, tokens"
@@ -335,7 +335,7 @@ class PGVectorStorage(Storage):
             raise ValueError(f"Table {self.qualified()} not found in the database: the index saved at {path} needs it")
         self.check(stored, f"Table {self.qualified()}")
 
-        self.codec = self.restore()
+        self.codec = self.loadstate()
         self.fresh, self.ready = False, True
 
     def close(self):
@@ -475,7 +475,7 @@ class PGVectorStorage(Storage):
         if cursor.fetchone()[0]:
             cursor.execute(sql.SQL("DELETE FROM {} WHERE tablename = %s").format(self.name(STATE)), (self.table,))
 
-    def store(self, cursor, codec):
+    def savestate(self, cursor, codec):
         """
         Writes a trained codec's state (inside the caller's transaction): its resolved config and each state array as .npy
         bytes, keyed by this index's table name.
@@ -499,7 +499,7 @@ class PGVectorStorage(Storage):
 
         cursor.executemany(sql.SQL("INSERT INTO {} (tablename, part, value) VALUES (%s, %s, %s)").format(state), [(self.table, *row) for row in rows])
 
-    def restore(self):
+    def loadstate(self):
         """
         Reads this index's codec from the database: the trained state when one was stored, an untrained codec otherwise (an
         index whose writes held no tokens yet).

@@ -4,7 +4,8 @@ Transaction module: index, upsert and delete an Embeddings instance so that a ca
 txtai's own `Embeddings.upsert` deletes and re-inserts document database rows batch by batch before a scoring index sees
 them, and `Embeddings.index` replaces the database and the scoring index before it reads a document, so no scoring class can
 restore content rows after a failure (README, "Failed writes"). These functions wrap the txtai calls: the late-interaction
-index is restored by MuveraScoring itself, the SQLite document database by a savepoint, the index offsets from a copy.
+index is restored by MuveraScoring itself, the document database (SQLite, or txtai's SQLAlchemy client database, e.g.
+PostgreSQL) by a savepoint, the index offsets from a copy.
 """
 
 import copy
@@ -37,6 +38,13 @@ def index(embeddings, documents, **kwargs):
     for key in ("offset", "autoid"):
         if config:
             config.pop(key, None)
+
+    # A client database (PostgreSQL) is shared with the new instance, which builds on a connection of its own: the open
+    # transaction of this instance is committed first, or the build would wait forever on its row locks. txtai commits a
+    # client database only when it saves; the late-interaction rows of a database engine are committed by every write anyway.
+    session = clientsession(embeddings.database)
+    if session is not None:
+        session.commit()
 
     fresh = Embeddings(config, models=embeddings.models)
     try:
@@ -98,19 +106,24 @@ def delete(embeddings, ids):
 @contextmanager
 def transaction(embeddings):
     """
-    Runs a block of txtai writes on one instance; if the block raises, the late-interaction index, the SQLite document
-    database and the index offsets are restored before the error propagates.
+    Runs a block of txtai writes on one instance; if the block raises, the late-interaction index, the document database and
+    the index offsets are restored before the error propagates.
 
-    Only an SQLite document database (txtai's default) can be rolled back: other databases raise before anything is written.
-    A dense ANN index of a hybrid instance is not restored (txtai's faiss index has no undo): see the README.
+    The document database is rolled back to a savepoint: txtai's SQLite database (its default) through its connection, txtai's
+    client database (`content: postgresql://...`, SQLAlchemy) through its session (`begin_nested`, which also drops the ORM
+    rows added in the block). Other databases raise before anything is written. A dense ANN index of a hybrid instance is
+    not restored (txtai's faiss index has no undo): see the README.
 
     Args:
         embeddings: Embeddings instance
     """
 
     database = embeddings.database
-    if database is not None and not hasattr(getattr(database, "connection", None), "in_transaction"):
-        raise NotImplementedError(f"Transactions need txtai's SQLite content database, this instance uses {type(database).__name__}")
+    session = clientsession(database)
+    if database is not None and session is None and not hasattr(getattr(database, "connection", None), "in_transaction"):
+        raise NotImplementedError(
+            f"Transactions need txtai's SQLite or client (SQLAlchemy) content database, this instance uses {type(database).__name__}"
+        )
 
     # Apply deletes staged by earlier calls, so the rollback below undoes exactly this block
     scoring = embeddings.scoring if hasattr(embeddings.scoring, "rollback") else None
@@ -121,8 +134,13 @@ def transaction(embeddings):
     ids = copy.copy(embeddings.ids) if getattr(embeddings, "ids", None) is not None else None
     name = f"txtai_muvera_{uuid.uuid4().hex}"
 
-    cursor = database.connection.cursor() if database is not None and database.connection is not None else None
-    if cursor is not None:
+    cursor, nested = None, None
+    if session is not None:
+        # SAVEPOINT inside the session's transaction (begun here when none is open); pending ORM rows are flushed first
+        nested = session.begin_nested()
+    elif database is not None and database.connection is not None:
+        cursor = database.connection.cursor()
+
         # An explicit transaction first: releasing an outermost savepoint would commit into the database file
         if not database.connection.in_transaction:
             cursor.execute("BEGIN")
@@ -131,6 +149,8 @@ def transaction(embeddings):
     try:
         yield
     except BaseException:
+        if nested is not None and nested.is_active:
+            nested.rollback()
         if cursor is not None:
             cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
             cursor.execute(f"RELEASE SAVEPOINT {name}")
@@ -143,5 +163,22 @@ def transaction(embeddings):
             embeddings.ids = ids
         raise
     else:
+        if nested is not None and nested.is_active:
+            nested.commit()
         if cursor is not None:
             cursor.execute(f"RELEASE SAVEPOINT {name}")
+
+
+def clientsession(database):
+    """
+    The SQLAlchemy session of txtai's client database (txtai.database.Client: `content` set to a database URL).
+
+    Args:
+        database: txtai database or None
+
+    Returns:
+        sqlalchemy.orm.Session, or None for any other database
+    """
+
+    connection = getattr(database, "connection", None)
+    return connection if hasattr(database, "dbconnection") and hasattr(connection, "begin_nested") else None
