@@ -128,6 +128,10 @@ class Engine:
         """
 
         if self.database:
+            # Instances the test left open close their connections when collected, before the drop would cut them
+            import gc  # pylint: disable=C0415
+
+            gc.collect()
             self.execute(f'DROP DATABASE IF EXISTS "{self.dropped}" WITH (FORCE)')
             self.database = None
 

@@ -486,9 +486,8 @@ class PGVectorStorage(Storage):
         """
 
         state = self.name(STATE)
-        cursor.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} (tablename text NOT NULL, part text NOT NULL, value bytea NOT NULL, PRIMARY KEY (tablename, part))").format(state)
-        )
+        columns = "tablename text NOT NULL, part text NOT NULL, value bytea NOT NULL, PRIMARY KEY (tablename, part)"
+        cursor.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(state, sql.SQL(columns)))
         cursor.execute(sql.SQL("DELETE FROM {} WHERE tablename = %s").format(state), (self.table,))
 
         rows = [("config", json.dumps(codec.config).encode("utf-8"))]
@@ -699,7 +698,9 @@ class PGVectorStorage(Storage):
         record = records(self.codec)
         sizes = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
         if np.any(sizes % record.itemsize):
-            raise ValueError(f"Token bytes in table {self.qualified()} are not whole {record.itemsize}-byte {self.tokens!r} token records: the table is corrupt")
+            raise ValueError(
+                f"Token bytes in table {self.qualified()} are not whole {record.itemsize}-byte {self.tokens!r} token records: the table is corrupt"
+            )
 
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(sizes // record.itemsize, out=offsets[1:])
