@@ -234,3 +234,24 @@ def test_readers_never_break_saves(checkpoint, tmp_path):
     final = durable.load(path)
     assert final.count() == final.search("select count(*) from txtai")[0]["count(*)"]
     assert listing(tmp_path) == ["index"]
+
+
+def test_dead_pending_save_removed(tmp_path):
+    # A saver killed between creating its save folder and renaming it leaves an unlocked `.<name>.pending-<id>`: restore removes
+    # it, while a pending folder that a live process holds stays
+    from txtai_muvera.core import files  # pylint: disable=C0415
+
+    (tmp_path / "index").mkdir()
+    dead, held = tmp_path / ".index.pending-dead", tmp_path / ".index.pending-held"
+    dead.mkdir()
+    held.mkdir()
+    descriptor = files.hold(str(held))
+    try:
+        assert files.leftovers(str(tmp_path / "index"))
+        files.restore(str(tmp_path / "index"))
+        assert not dead.exists() and held.exists()
+    finally:
+        os.close(descriptor)
+
+    files.restore(str(tmp_path / "index"))
+    assert sorted(os.listdir(tmp_path)) == ["index"]

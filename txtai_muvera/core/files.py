@@ -36,18 +36,28 @@ def tempdir(path, kind="saving"):
 
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    unique = uuid.uuid4().hex
 
-    # Created under a name restore never touches, locked, then renamed: no instant where it looks like an unlocked leftover
-    pending = os.path.join(parent, f".{name}.pending-{unique}")
-    temp = os.path.join(parent, f".{name}.{kind}-{unique}")
-    os.mkdir(pending)
-    descriptor = hold(pending)
-    os.rename(pending, temp)
-    with LIVELOCK:
-        LIVE[temp] = descriptor
+    # Created under a pending name, locked, then renamed. A process killed before the rename leaves an unlocked pending folder,
+    # which restore removes while holding its lock; if restore got there first (between mkdir and rename), start again
+    for _ in range(100):
+        unique = uuid.uuid4().hex
+        pending = os.path.join(parent, f".{name}.pending-{unique}")
+        temp = os.path.join(parent, f".{name}.{kind}-{unique}")
+        os.mkdir(pending)
+        descriptor = None
+        try:
+            descriptor = hold(pending)
+            os.rename(pending, temp)
+        except FileNotFoundError:
+            if descriptor is not None:
+                os.close(descriptor)
+            continue
 
-    return temp
+        with LIVELOCK:
+            LIVE[temp] = descriptor
+        return temp
+
+    raise OSError(f"Could not create a save folder next to {path}: it kept being removed")
 
 
 def hold(directory):
@@ -109,6 +119,34 @@ def live(directory):
         return False
     except OSError:
         return True
+    finally:
+        os.close(descriptor)
+
+
+def removeunlocked(directory):
+    """
+    Removes a pending save folder unless a live process holds its lock, holding the lock while removing it.
+
+    Args:
+        directory: pending save folder
+    """
+
+    if not fcntl or os.path.abspath(directory) in LIVE:
+        return
+
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return
+
+    try:
+        remove(directory)
     finally:
         os.close(descriptor)
 
@@ -202,6 +240,10 @@ def restore(path, exclusive=False):
     olds = sorted(os.path.join(parent, x) for x in siblings if x.startswith(f".{name}.old-"))
     temps = [os.path.join(parent, x) for x in siblings if x.startswith(f".{name}.saving-")]
 
+    # Pending folders of processes killed before they renamed them go, under their own lock (see tempdir)
+    for pending in (os.path.join(parent, x) for x in siblings if x.startswith(f".{name}.pending-")):
+        removeunlocked(pending)
+
     # Leftovers of dead saves (unlocked) go; live saves are never touched
     alive = [x for x in temps if live(x)]
     for leftover in temps:
@@ -274,7 +316,7 @@ def leftovers(path):
     if not os.path.isdir(parent):
         return False
 
-    return any(x.startswith((f".{name}.old-", f".{name}.saving-")) for x in os.listdir(parent))
+    return any(x.startswith((f".{name}.old-", f".{name}.saving-", f".{name}.pending-")) for x in os.listdir(parent))
 
 
 def writeheader(directory, header):
