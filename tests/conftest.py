@@ -13,6 +13,10 @@ import pytest
 # rewrite failed with "SystemError: AST constructor recursion depth mismatch" after the pgvector lifecycle tests
 import hypothesis  # noqa: F401 pylint: disable=W0611
 
+# Tests compare results with exact brute-force references, so new indexes default to the lossless "exact" preset here (and in
+# the subprocesses tests start); tests/test_presets.py checks the package default ("compact") on its own
+os.environ.setdefault("TXTAI_MUVERA_PRESET", "exact")
+
 # Make the checkpoint builders importable as `from checkpoints import ...`
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,14 +4,30 @@ Schema module: one place that checks every setting of a late-interaction index c
 
 import math
 import numbers
+import os
 
 from .storage import ENGINES
 
 # Index-level settings and their defaults, written back into the config when missing
 DEFAULTS = {"backend": "faiss", "tokens": "float16", "pool": 1, "candidates": 100, "rerank": True, "batch": 1024}
 
+# Named sets of defaults for new indexes, chosen from the footprint grid (README, "Footprint"). Keys a config sets itself win.
+#  - exact: 0.1.0's settings: float16 tokens, no pooling, full-size float FDEs, 100 candidates
+#  - compact (default): tokens pooled by 2 and stored as 2-bit residuals, FDEs count-sketched to 2,048 dims and stored as sq8
+#    in an exact (flat) index, 300 candidates: 11,053 B/doc on SciFact at >= 0.997 of exact MaxSim nDCG@10 on all three sets.
+#    PQ-256-8 FDEs kept more candidate recall but took 750 s to train on 5k documents (sq8: under a second)
+#  - small: compact with tokens pooled by 3
+PRESETS = {
+    "exact": {"tokens": "float16", "pool": 1},
+    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
+    "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
+}
+
+# Preset of new indexes that name none (an environment variable can change it for a process, e.g. in tests)
+PRESET = "compact"
+
 # Keys of a scoring config this package reads, besides the ones txtai itself sets (method, terms, columns, ...)
-KEYS = {"path", "vectors", "muvera", "ann", "fingerprint", "dimensions", "dim", "offset", *DEFAULTS, *ENGINES}
+KEYS = {"path", "preset", "vectors", "muvera", "ann", "fingerprint", "dimensions", "dim", "offset", *DEFAULTS, *ENGINES}
 
 # Token codecs by name. The codec module adds compressed ones; the three fixed ones are always there.
 FIXED = ("float32", "float16", "int8")
@@ -51,6 +67,23 @@ def check(config):
     path = config.get("path")
     if not isinstance(path, str) or not path:
         raise ValueError(f"path must name a late-interaction checkpoint (local folder or hub id), got {path!r}")
+
+    # A saved index (it has a fingerprint) without a preset was built with 0.1.0's settings: missing keys mean those
+    preset = config.get("preset") or ("exact" if config.get("fingerprint") else os.environ.get("TXTAI_MUVERA_PRESET", PRESET))
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    config["preset"] = preset
+
+    # MUVERA settings of a preset depend on the token dim: the scoring class applies them (see `muvera`)
+    for key, value in PRESETS[preset].items():
+        if key == "muvera":
+            continue
+        if isinstance(value, dict):
+            if config.get(key) is not None and not isinstance(config[key], dict):
+                raise TypeError(f"{key} must be a dict of options, got {type(config[key]).__name__} {config[key]!r}")
+            config[key] = {**value, **(config.get(key) or {})}
+        else:
+            config.setdefault(key, value)
 
     for key, value in DEFAULTS.items():
         config.setdefault(key, value)
@@ -103,3 +136,26 @@ def integer(name, value, low):
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
     return int(value)
+
+
+def muvera(config, dim):
+    """
+    MUVERA options of a config with its preset's defaults: a preset's final projection applies only when the config sets no
+    `final` of its own and the FDE is larger than that projection.
+
+    Args:
+        config: checked scoring config
+        dim: token dimension
+
+    Returns:
+        Muvera keyword arguments
+    """
+
+    from .muvera import Muvera
+
+    options = dict(config.get("muvera") or {})
+    final = PRESETS[config["preset"]].get("muvera", {}).get("final")
+    if final and "final" not in options and Muvera(**options).dimensions(dim) > final:
+        options["final"] = final
+
+    return options

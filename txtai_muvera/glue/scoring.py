@@ -52,8 +52,8 @@ class MuveraScoring(Scoring):
         self.config["terms"] = True
 
         self.encoder = self.loadmodel()
-        self.muvera = Muvera(**self.config.get("muvera", {}))
         self.dim = self.encoder.dim
+        self.muvera = Muvera(**schema.muvera(self.config, self.dim))
         self.configure()
 
         # Committed storage engine (None until the first index), the staged write and per-thread search options
