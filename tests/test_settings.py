@@ -55,3 +55,17 @@ def test_integral_values_accepted(checkpoint):
     embeddings = Embeddings(sparse={"path": checkpoint, "candidates": 50.0, "muvera": {"repetitions": 2}}, content=True)
     embeddings.index(["music history", "weather sports"])
     assert embeddings.config["scoring"]["candidates"] == 50 and isinstance(embeddings.config["scoring"]["candidates"], int)
+
+
+@pytest.mark.parametrize("uid", [float("nan"), float("inf"), True, b"raw"])
+def test_bad_ids(checkpoint, uid):
+    # Ids that could never be deleted or replaced (NaN never equals itself, True is 1, bytes) are refused, and
+    # through the transaction helper nothing of the call stays
+    from txtai_muvera import transaction  # pylint: disable=C0415
+
+    embeddings = Embeddings(sparse={"path": checkpoint}, content=True)
+    embeddings.index([("a", "music history", None)])
+    with pytest.raises((TypeError, ValueError), match="Document id"):
+        transaction.upsert(embeddings, [("b", "weather sports", None), (uid, "food travel", None)])
+
+    assert embeddings.count() == 1 and [row["id"] for row in embeddings.search("select id from txtai")] == ["a"]

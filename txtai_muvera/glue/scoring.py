@@ -385,6 +385,7 @@ class MuveraScoring(Scoring):
 
         ids, texts = [], []
         for uid, document, _ in documents:
+            checkid(uid)
             if isinstance(document, dict):
                 document = document.get(self.text) if self.text in document else document.get(self.object)
 
@@ -441,6 +442,21 @@ def positive(score):
     # A Python float: database drivers (psycopg2) cannot store numpy scalars
     score = float(score)
     return max(score, 0.0) + 1e-6 / (1.0 + math.exp(min(-score, 700.0))) if math.isfinite(score) else 1e-12
+
+
+def checkid(uid):
+    """
+    Checks a document id. txtai stores any id, but one that never equals itself (NaN), a bool (True is 1) or bytes cannot be
+    deleted or replaced later: upserting it again duplicates the document.
+
+    Args:
+        uid: document id
+    """
+
+    if isinstance(uid, bool) or isinstance(uid, (bytes, bytearray)) or not isinstance(uid, (str, int, float)):
+        raise TypeError(f"Document id {shorten(uid)} is {type(uid).__name__}, expected str or int")
+    if isinstance(uid, float) and not math.isfinite(uid):
+        raise ValueError(f"Document id {uid!r} is not a finite number: it could never be deleted or replaced")
 
 
 def checkheads(model, path):
