@@ -38,7 +38,8 @@ def configure(subparsers):
     muvera.add_argument("--seed", type=int, help="random seed (default 42)")
 
     store = parser.add_argument_group("storage and search defaults")
-    store.add_argument("--tokens", choices=["float16", "float32", "int8"], help="token storage dtype (default float16)")
+    store.add_argument("--preset", choices=["compact", "small", "exact"], help="named defaults (default compact; exact = 0.1.0's settings)")
+    store.add_argument("--tokens", choices=["float16", "float32", "int8", "residual", "pq"], help="token codec (default: the preset's)")
     store.add_argument("--ann", choices=["auto", "flat", "hnsw", "ivf"], help="FDE index type (default auto: flat up to 5,000 documents)")
     store.add_argument("--quantize", choices=["sq8", "pq"], help="compress stored FDEs (default: none)")
     store.add_argument("--candidates", type=positive, help="FDE candidates re-ranked per query (default 100)")
@@ -133,7 +134,7 @@ def config(args):
     if args.fill:
         sparse.setdefault("muvera", {})["fill"] = True
 
-    for key in ("tokens", "candidates", "rerank"):
+    for key in ("preset", "tokens", "candidates", "rerank"):
         if getattr(args, key) is not None:
             sparse[key] = getattr(args, key)
 

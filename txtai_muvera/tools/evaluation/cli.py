@@ -41,7 +41,8 @@ def configure(subparsers):
     parser.add_argument("--muvera-final", type=int, default=None, help="final projection dims (default none)")
     parser.add_argument("--index", default="flat", choices=["auto", "flat", "hnsw", "ivf"], help="FDE index type (default flat: exact FDE search)")
     parser.add_argument("--quantize", default=None, choices=["sq8", "pq"], help="FDE compression (default none)")
-    parser.add_argument("--tokens", default="float16", choices=["float16", "float32", "int8"], help="token storage (default float16)")
+    parser.add_argument("--tokens", default="float16", choices=["float16", "float32", "int8", "residual", "pq"], help="token storage (default float16)")
+    parser.add_argument("--preset", default="exact", choices=["exact", "compact", "small"], help="defaults for what no flag sets, e.g. pooling (default exact)")
     parser.add_argument("--batch", type=int, default=None, help="model batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
@@ -98,6 +99,7 @@ def run(args):
         muvera=muvera,
         candidates=args.candidates,
         tokens=args.tokens,
+        preset=args.preset,
         ann=ann,
         vectors=vectors,
         cache=args.cache,

@@ -32,7 +32,7 @@ class Run:
     Built indexes can be cached in a folder, keyed by everything that shapes them, so reruns skip encoding.
     """
 
-    def __init__(self, path, muvera=None, candidates=100, tokens="float16", ann=None, vectors=None, cache=None, chunk=512):
+    def __init__(self, path, muvera=None, candidates=100, tokens="float16", ann=None, vectors=None, cache=None, chunk=512, preset="exact"):
         """
         Creates a run.
 
@@ -41,6 +41,7 @@ class Run:
             muvera: Muvera settings (repetitions, hashes, projection, seed, fill, final)
             candidates: FDE candidates re-ranked per query in rerank mode
             tokens: token storage dtype
+            preset: named defaults for the settings not given (default exact: 0.1.0's settings, the README's quality tables)
             ann: FDE index settings (index, quantize, hnsw, ivf, pq)
             vectors: ColBERT options (batch, threads, lengths, prefixes)
             cache: folder holding built indexes, None to always build
@@ -53,7 +54,7 @@ class Run:
             raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
 
         self.path, self.candidates, self.cache, self.chunk = str(path), candidates, cache, chunk
-        self.config = {"path": self.path, "muvera": dict(muvera or {}), "tokens": tokens, "ann": dict(ann or {}), "vectors": dict(vectors or {})}
+        self.config = {"path": self.path, "preset": preset, "muvera": dict(muvera or {}), "tokens": tokens, "ann": dict(ann or {}), "vectors": dict(vectors or {})}
 
         # Resolved index settings of the last index() call
         self.settings = None
