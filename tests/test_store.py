@@ -361,7 +361,8 @@ def test_nonfinite(tmp_path):
     path = tmp_path / "store"
     store.save(path)
 
-    # A NaN written into a saved file (with its checksum updated, as a buggy writer would) fails gather, naming the id
+    # A NaN written into a saved file (with its checksum updated, as a buggy writer would) fails the MaxSim kernel, naming the
+    # document's position
     tokens = np.load(path / "tokens.npy")
     tokens[2, 0] = np.nan
     np.save(path / "tokens.npy", tokens)
@@ -369,8 +370,8 @@ def test_nonfinite(tmp_path):
     header["checksums"]["tokens.npy"] = files.digest(path / "tokens.npy")
     (path / "header.json").write_text(json.dumps(header))
     loaded = TokenStore.load(path)
-    with pytest.raises(ValueError, match=r"Stored tokens of ids \[2\] are NaN or infinite"):
-        loaded.gather([1, 2])
+    with pytest.raises(ValueError, match=r"document tokens hold NaN or infinity: 1 documents, first positions \[1\]"):
+        maxsim_flat(np.ones((3, DIM), np.float32), *loaded.gather([1, 2]))
     assert loaded.gather([1])[0].shape == (2, DIM)
 
 
