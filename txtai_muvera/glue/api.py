@@ -22,6 +22,7 @@ from txtai.app import Application as Base, ReadOnlyError, ReindexDisabledError
 from txtai.embeddings import Embeddings
 
 from ..core import files
+from ..core.text import encodable
 from . import durable, transaction
 
 # txtai's API needs the api extra (fastapi); the Application works without it
@@ -326,28 +327,3 @@ def check(documents):
             raise InvalidDocumentError(f"Document {position} (id {uid!r}) has {type(text).__name__} text {text!r}, expected str")
         if not encodable(document):
             raise InvalidDocumentError(f"Document {position} (id {ascii(uid)}) holds a lone surrogate: not valid Unicode text")
-
-
-def encodable(value):
-    """
-    Checks that every string in a value (keys and nested values included) encodes as UTF-8.
-
-    Args:
-        value: document or part of one
-
-    Returns:
-        True if UTF-8 can encode it
-    """
-
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(encodable(k) and encodable(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return all(encodable(x) for x in value)
-
-    return True

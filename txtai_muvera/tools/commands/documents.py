@@ -7,6 +7,7 @@ import json
 import os
 import stat
 
+from ...core.text import encodable
 from .errors import UsageError
 
 # Input formats and the file extensions that select them
@@ -219,31 +220,6 @@ def document(row, position, location):
             raise UsageError(f"{location}: '{field}' holds a lone surrogate (not valid Unicode text)")
 
     return {**{k: v for k, v in row.items() if k not in ("id", "text")}, "id": uid, "text": text}
-
-
-def encodable(value):
-    """
-    Checks that every string in a value (keys and nested values included) encodes as UTF-8.
-
-    Args:
-        value: str, number, list or dict
-
-    Returns:
-        True if UTF-8 can encode it
-    """
-
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(encodable(k) and encodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(encodable(x) for x in value)
-
-    return True
 
 
 def kind(mode):
