@@ -3,6 +3,7 @@ FDEIndex module tests
 """
 
 import json
+import re
 
 import faiss
 import numpy as np
@@ -409,3 +410,79 @@ def test_pq_sample():
     again = FDEIndex(DIM, "flat", "pq", pq={"m": 16, "train": 1000, "sample": 1000})
     again.index(ids, vectors)
     np.testing.assert_array_equal(again.search(queries, 10)[1], sampled.search(queries, 10)[1])
+
+
+def reference(index):
+    """
+    Loop twin of the known-id check: every id the backend holds (deleted HNSW ids included), read from faiss itself.
+    """
+
+    return set(index.stored().tolist())
+
+
+@pytest.mark.parametrize(
+    "kind, quantize", [("flat", None), ("flat", "sq8"), ("hnsw", None), ("ivf", None), ("flat", "binary"), ("hnsw", "binary"), ("flat", "pq")]
+)
+def test_known_ids(tmp_path, kind, quantize):
+    rng = np.random.default_rng(11)
+    vectors = clustered(rng, 1200)
+    settings = {"pq": {"m": 8, "nbits": 4, "train": 400}} if quantize == "pq" else {}
+    index = FDEIndex(DIM, kind, quantize, **settings)
+    index.index(np.arange(0, 600, 2), vectors[:300])
+
+    def add(ids, rows=None):
+        # Add ids (or fail exactly as the pre-cache check did) and compare the cached check with faiss's own ids after
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = vectors[rng.integers(0, len(vectors), len(ids))] if rows is None else rows
+        known, count = reference(index), index.count()
+        existing = sorted(set(ids.tolist()) & known)
+        if len(set(ids.tolist())) != len(ids):
+            with pytest.raises(ValueError, match="^Duplicate ids in batch$"):
+                index.add(ids, rows)
+        elif existing:
+            with pytest.raises(ValueError, match=rf"^Ids already in the index: {re.escape(str(existing[:10]))}$"):
+                index.add(ids, rows)
+        else:
+            index.add(ids, rows)
+            assert reference(index) == known | set(ids.tolist()) and index.count() == count + len(ids)
+            return
+
+        # A failed add leaves the index as it was
+        assert reference(index) == known and index.count() == count
+
+    def check():
+        # The cache answers like faiss for every id in and around the stored range
+        probe = np.arange(-5, 1300, dtype=np.int64)
+        np.testing.assert_array_equal(index.contains(probe), np.isin(probe, np.array(sorted(reference(index)), dtype=np.int64)))
+
+    add([1, 3, 5, 3])
+    add([1, 3, 599, 1001, 4, 8, 2, 0, 6, 10, 12, 14, 16, 18, 20])
+    add(np.arange(1, 200, 2))
+    add([201, 1])
+    check()
+
+    # Deleted ids: HNSW keeps them stored (adding them again is refused), flat and IVF drop them (adding them again works)
+    index.delete([0, 1, 2, 3, 5000])
+    check()
+    if kind == "hnsw":
+        add([0, 7])
+    else:
+        add([0, 1, 3, 1100])
+    add([2])
+    check()
+
+    # Save / load: the loaded index rebuilds the same answers
+    index.save(tmp_path / "ann")
+    index = FDEIndex.load(tmp_path / "ann")
+    add([4, 1101])
+    add(np.arange(1102, 1150))
+    check()
+    index.delete(np.arange(1102, 1120))
+    add([1105, 1150])
+    check()
+
+    # index() starts over
+    index.index([7, 9], vectors[:2])
+    add([8, 9])
+    add([8, 10])
+    check()

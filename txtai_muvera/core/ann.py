@@ -113,6 +113,10 @@ class FDEIndex:
         # code row lookup for binary re-scoring (built on first use)
         self.kind, self.backend, self.deleted, self.trained, self.lookup = None, None, np.zeros(0, dtype=np.int64), None, None
 
+        # Sorted copy of stored(), kept up to date by add and delete so that the known-id checks cost a binary search per id in
+        # the batch instead of a sort of every stored id. None until first needed (after load and index())
+        self.known = None
+
     def index(self, ids, vectors):
         """
         Builds a new index from scratch, training it when needed.
@@ -141,9 +145,9 @@ class FDEIndex:
             return
 
         ids, vectors = self.inputs(ids, vectors)
-        existing = np.intersect1d(ids, self.stored())
-        if len(existing):
-            raise ValueError(f"Ids already in the index: {existing[:10].tolist()}")
+        known = self.contains(ids)
+        if known.any():
+            raise ValueError(f"Ids already in the index: {np.sort(ids[known])[:10].tolist()}")
 
         if self.trained is False and self.count() + len(ids) >= self.pq["train"]:
             # Uncompressed vectors are exact: rebuild compressed from them plus the new ones
@@ -151,8 +155,12 @@ class FDEIndex:
             self.build(self.kind, np.concatenate([live, ids]), np.concatenate([stored, vectors]))
             return
 
+        # The id cache is dropped while the backend changes (an error leaves it to be rebuilt from the backend), then the new ids
+        # are merged into it: a copy of the sorted ids, no sort
+        known, self.known, self.lookup = self.known, None, None
         self.backend.add_with_ids(self.encode(vectors), ids)
-        self.lookup = None
+        ids = np.sort(ids)
+        self.known = np.insert(known, np.searchsorted(known, ids), ids)
 
     def delete(self, ids):
         """
@@ -167,13 +175,15 @@ class FDEIndex:
             return
 
         if self.kind == "hnsw":
-            # HNSW graphs cannot drop nodes: remember deleted ids and filter them out at search time
-            ids = np.intersect1d(ids, self.stored())
+            # HNSW graphs cannot drop nodes: remember deleted ids and filter them out at search time (they stay stored)
+            ids = ids[self.contains(ids)]
             self.deleted = np.union1d(self.deleted, ids)
         else:
-            # IVF's id hash table removes only by IDSelectorArray
+            # IVF's id hash table removes only by IDSelectorArray. The id cache drops the removed ids, as in add
+            found = ids[self.contains(ids)]
+            known, self.known, self.lookup = self.known, None, None
             self.backend.remove_ids(faiss.IDSelectorArray(ids) if self.kind == "ivf" else faiss.IDSelectorBatch(ids))
-            self.lookup = None
+            self.known = np.delete(known, np.searchsorted(known, found))
 
     def search(self, queries, limit, efsearch=None, nprobe=None):
         """
@@ -383,7 +393,7 @@ class FDEIndex:
                 backend.train(vectors)
         backend.add_with_ids(self.encode(vectors), ids)
 
-        self.backend, self.deleted, self.lookup = backend, np.zeros(0, dtype=np.int64), None
+        self.backend, self.deleted, self.lookup, self.known = backend, np.zeros(0, dtype=np.int64), None, None
 
     def create(self, count):
         """
@@ -510,6 +520,26 @@ class FDEIndex:
         slots = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
         found = (ids >= 0) & (keys[slots] == ids) if len(keys) else np.zeros(ids.shape, dtype=bool)
         return codes, np.where(found, order[slots] if len(keys) else -1, -1)
+
+    def contains(self, ids):
+        """
+        Which ids the backend holds (deleted HNSW ids included), by binary search in the sorted id cache.
+
+        Args:
+            ids: int64 array
+
+        Returns:
+            bool array shaped like ids
+        """
+
+        if self.known is None:
+            self.known = np.sort(self.stored())
+
+        keys = self.known
+        if not len(keys):
+            return np.zeros(ids.shape, dtype=bool)
+        slots = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+        return keys[slots] == ids
 
     def stored(self):
         """
