@@ -2,7 +2,7 @@
 Encoder throughput benchmark
 
 Encodes the same documents and queries with txtai_muvera's ColBERT on each inference path (torch float32, the reference;
-onnx float32; onnx int8; optionally the txtai-compatible mode) and with txtai 9.14's own late-interaction encoding
+torch bfloat16 (half=True); onnx float32; onnx int8; optionally the txtai-compatible mode) and with txtai 9.14's own late-interaction encoding
 (PoolingFactory latepooling, no MUVERA), same checkpoint, same batch size, and prints one JSON line per model and encoder
 with docs/s, queries/s and the ratio against txtai measured in the same run, plus the load average before and after.
 Timed runs are interleaved (every encoder once per round, best round kept) so load from other processes hits all alike.
@@ -99,6 +99,7 @@ def run(name, path, documents, queries, batch, repeat, compatible):
     encoders = {
         "txtai": lambda x, category: txtai.encode(x, batch=batch, category=category),
         "colbert": ColBERT(path, device="cpu", batch=batch).encode,
+        "colbert-half": ColBERT(path, device="cpu", batch=batch, half=True).encode,
         "colbert-onnx": ColBERT(path, batch=batch, backend="onnx").encode,
         "colbert-onnx-int8": ColBERT(path, batch=batch, backend="onnx", quantize="int8").encode,
     }

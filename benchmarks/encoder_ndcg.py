@@ -1,13 +1,13 @@
 """
 nDCG cost of each encoder path
 
-Encodes each BEIR set's corpus and queries with one ColBERT inference path (torch float32, onnx float32, onnx int8), scores
+Encodes each BEIR set's corpus and queries with one ColBERT inference path (torch float32, torch bfloat16, onnx float32, onnx int8), scores
 every query against every document with exact MaxSim (txtai_muvera.core.maxsim) and prints one JSON line per set and path
 with nDCG@10 and its ratio to the reference path (the first one listed, torch by default). Token matrices are cached under
 benchmarks/output/encoder-ndcg/ (one .npy pair per set and path), so each corpus is encoded once per path.
 
 Usage:
-    nice -n 5 python benchmarks/encoder_ndcg.py [--paths torch,onnx,onnx-int8] [--sets scifact,msmarco-dl19-5k,dbpedia-5k]
+    nice -n 5 python benchmarks/encoder_ndcg.py [--paths torch,torch-half,onnx,onnx-int8] [--sets scifact,msmarco-dl19-5k,dbpedia-5k]
 """
 
 import argparse
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 # Path name -> ColBERT options
-PATHS = {"torch": {"device": "cpu"}, "onnx": {"backend": "onnx"}, "onnx-int8": {"backend": "onnx", "quantize": "int8"}}
+PATHS = {"torch": {"device": "cpu"}, "torch-half": {"device": "cpu", "half": True}, "onnx": {"backend": "onnx"}, "onnx-int8": {"backend": "onnx", "quantize": "int8"}}
 
 
 def encoded(model, texts, category, file):

@@ -1,7 +1,13 @@
 """
-Scale benchmark: N synthetic documents (default 1,000,000) through the core indexing path of the file storage engine (MUVERA FDEs
-from the unpooled tokens, optional token pooling, a token codec store spilled to disk, an FDE index built from the first batch
-and extended batch by batch), then save, load in a fresh process and search with exact MaxSim re-ranking.
+Scale benchmark: N synthetic documents (default 1,000,000) indexed, saved, loaded in a fresh process and searched with exact
+MaxSim re-ranking. Two paths:
+
+  - scoring (default): the real indexing path, `MuveraScoring.insert` + `index()` (MUVERA FDEs, token pooling, the staged write,
+    the storage engine's commit with its codec and FDE index) with the index's own settings (`--preset`, default compact), the
+    seed-shaped tiny checkpoint loaded as the model and only its `encode` replaced by the synthetic generator (encoder excluded).
+    Searches go through `MuveraScoring.batchsearch`. With --encoded N (default 10,000) a separate phase indexes N real texts (the
+    shared BEIR corpora) through the same class with the real encoder, float32 and half=True: the encoder-included rate.
+  - core: the core parts driven directly (MUVERA, pooling, a spilled TokenStore, FDEIndex), with a time per part.
 
 Synthetic documents, not white noise: 128-dim tokens (the seed model's dim) drawn from a vocabulary of 50,000 word vectors
 grouped in 2,000 topics (word = topic centre + noise), each document mixing 1-3 topics and a Zipf-distributed share of common
@@ -11,6 +17,7 @@ Document i is a pure function of (seed, i), so the exact MaxSim top 10 of the re
 (its time is excluded from the indexing rate).
 
     nohup nice -n 5 python benchmarks/scale.py --documents 1000000 > benchmarks/output/scale.log 2>&1 &
+    python benchmarks/scale.py --path core --documents 1000000 --pool 2 --final 2048 --quantize sq8
 
 Every phase writes a JSON line to benchmarks/output/scale-<documents>.jsonl (partial results survive a stopped run).
 """
@@ -280,41 +287,280 @@ def search(args, output, folder):
                        "p95_ms": round(1000 * float(np.percentile(times, 95)), 1)})
 
 
+SHARED = os.path.join(os.path.dirname(os.path.dirname(ROOT)), "shared")
+CHECKPOINT = os.path.join(SHARED, "fixtures", "pylate-tiny", "model")
+
+
+class Synthetic:
+    """
+    Stands in for the encoder of a MuveraScoring: a text is a document (or query) number, its token matrix comes from the
+    generator. Tracks the exact MaxSim top 10 of the recall queries over every document it generates, and the time it spends
+    (generation and exact scoring are not indexing).
+    """
+
+    def __init__(self, generator, queries):
+        self.generator, self.queries = generator, queries
+        self.best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+        self.seconds, self.tokens = 0.0, 0
+
+    def encode(self, texts, category="data", batch=None):
+        """
+        Token matrices of document or query numbers.
+        """
+
+        # pylint: disable=C0415
+        from txtai_muvera.core.maxsim import maxsim_flat, topk
+
+        if category == "query":
+            return [self.queries[int(x)] for x in texts]
+
+        clock = time.perf_counter()
+        ids = np.array([int(x) for x in texts], dtype=np.int64)
+        matrices = [self.generator.document(int(x)) for x in ids]
+        self.tokens += sum(len(x) for x in matrices)
+
+        offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in matrices])
+        flat = np.concatenate(matrices)
+        for x, query in enumerate(self.queries):
+            scores = np.concatenate([self.best[x][0], maxsim_flat(query, flat, offsets)])
+            order, _ = topk(scores, 10)
+            self.best[x] = (scores[order], np.concatenate([self.best[x][1], ids])[order])
+
+        self.seconds += time.perf_counter() - clock
+        return matrices
+
+
+def scoringconfig(args):
+    """
+    MuveraScoring config of the scoring path.
+    """
+
+    return {"method": "txtai_muvera.MuveraScoring", "path": args.checkpoint, "preset": args.preset, "vectors": {"device": "cpu"}}
+
+
+def buildscoring(args, output, folder):
+    """
+    Index phase of the scoring path: documents "0".."N-1" through MuveraScoring.insert in txtai-sized batches, one index() commit.
+    """
+
+    # pylint: disable=C0415
+    import faiss
+    import torch
+
+    from txtai_muvera.glue.scoring import MuveraScoring
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+
+    generator = Generator()
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, args.documents, args.queries)
+    queries = [generator.query(int(t), x) for x, t in enumerate(targets)]
+
+    scoring = MuveraScoring(scoringconfig(args))
+    synthetic = Synthetic(generator, queries)
+    scoring.encoder.encode = synthetic.encode
+    write(output, {"phase": "config", "config": {k: v for k, v in scoring.config.items() if k != "vectors"}})
+
+    start = time.perf_counter()
+    for a in range(0, args.documents, args.batch):
+        b = min(a + args.batch, args.documents)
+        scoring.insert([(x, str(x), None) for x in range(a, b)], a)
+        if (b // args.batch) % args.every == 0:
+            elapsed = time.perf_counter() - start - synthetic.seconds
+            write(output, {"phase": "progress", "documents": b, "docs_per_s": round(b / elapsed, 1), "wall_s": round(time.perf_counter() - start, 1)})
+
+    staged = time.perf_counter() - start - synthetic.seconds
+    write(output, {"phase": "staged", "documents": args.documents, "seconds": round(staged, 1), "staging_bytes": staging(scoring)})
+
+    clock = time.perf_counter()
+    scoring.index()
+    commit = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    scoring.save(os.path.join(folder, "scoring"))
+    save = time.perf_counter() - clock
+
+    np.save(os.path.join(folder, "queries.npy"), np.stack(queries))
+    with open(os.path.join(folder, "exact.json"), "w", encoding="utf-8") as f:
+        json.dump({"ids": [x[1].tolist() for x in synthetic.best], "scores": [x[0].tolist() for x in synthetic.best]}, f)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(scoring.config, f)
+
+    sizes = {}
+    for root, _, names in os.walk(os.path.join(folder, "scoring")):
+        for name in names:
+            part = "fdes" if "fdes" in root or name.startswith("fdes") else "tokens" if "tokens" in root or name.startswith("tokens") else "other"
+            sizes[part] = sizes.get(part, 0) + os.path.getsize(os.path.join(root, name))
+
+    write(output, {"phase": "index", "path": "scoring", "documents": args.documents, "tokens": synthetic.tokens,
+                   "tokens_per_doc": round(synthetic.tokens / args.documents, 1), "generate_and_exact_s": round(synthetic.seconds, 1),
+                   "insert_s": round(staged, 1), "commit_s": round(commit, 1), "save_s": round(save, 1),
+                   "docs_per_s": round(args.documents / (staged + commit), 1),
+                   "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in sizes.items()},
+                   "bytes_per_doc_total": round(sum(sizes.values()) / args.documents, 1)})
+
+
+def staging(scoring):
+    """
+    Bytes the staged write holds on disk (spooled FDEs and spilled tokens) before its commit.
+    """
+
+    staged, total = scoring.staged, 0
+    if staged is None:
+        return 0
+    if staged.spool is not None:
+        total += os.fstat(staged.spool.fileno()).st_size
+    total += staged.store.nbytes
+    return total
+
+
+def searchscoring(args, output, folder):
+    """
+    Search phase of the scoring path, in a fresh process: MuveraScoring.load, recall of the exact top 10 in the FDE candidates
+    and in the re-ranked top 10, batchsearch p50 / p95.
+    """
+
+    # pylint: disable=C0415
+    import faiss
+    import torch
+
+    from txtai_muvera.core.options import SearchOptions
+    from txtai_muvera.glue.scoring import MuveraScoring
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    with open(os.path.join(folder, "exact.json"), encoding="utf-8") as f:
+        exact = json.load(f)
+
+    queries, generator = np.load(os.path.join(folder, "queries.npy")), Generator()
+    scoring = MuveraScoring(config)
+    scoring.encoder.encode = Synthetic(None, list(queries)).encode
+
+    clock = time.perf_counter()
+    scoring.load(os.path.join(folder, "scoring"))
+    load = time.perf_counter() - clock
+
+    for candidates in args.candidates:
+        options = SearchOptions(candidates=candidates)
+        found, kept, ratio, times = [], [], [], []
+        for x, query in enumerate(queries):
+            top, scores = set(exact["ids"][x]), exact["scores"][x]
+
+            # Candidates alone (the FDE search), then the whole search timed
+            _, ids = scoring.storage.search(scoring.muvera([query], "query"), candidates, options)
+            found.append(len(top & set(ids[0][ids[0] >= 0].tolist())) / len(top))
+
+            clock = time.perf_counter()
+            with scoring.searching(options):
+                results = scoring.batchsearch([str(x)], 10)[0]
+            times.append(time.perf_counter() - clock)
+            kept.append(len(top & {uid for uid, _ in results}) / len(top))
+
+            # Exact MaxSim (float32, unpooled tokens) of the returned top 10 against the exact top 10's: near 1 when the
+            # documents missed score like the ones found
+            ratio.append(exactsum(generator, query, [uid for uid, _ in results]) / sum(scores) if len(results) == 10 else 0.0)
+
+        write(output, {"phase": "search", "path": "scoring", "candidates": candidates, "queries": len(queries), "load_s": round(load, 2),
+                       "recall_exact_top10_in_candidates": round(float(np.mean(found)), 4),
+                       "recall_exact_top10_in_results": round(float(np.mean(kept)), 4),
+                       "exact_score_ratio_top10": round(float(np.mean(ratio)), 5),
+                       "p50_ms": round(1000 * float(np.percentile(times, 50)), 1), "p95_ms": round(1000 * float(np.percentile(times, 95)), 1)})
+
+
+def exactsum(generator, query, ids):
+    """
+    Sum of the exact MaxSim scores (float32, unpooled tokens) of documents ids for query.
+    """
+
+    # pylint: disable=C0415
+    from txtai_muvera.core.maxsim import maxsim_flat
+
+    matrices = [generator.document(int(x)) for x in ids]
+    offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in matrices])
+    return float(maxsim_flat(query, np.concatenate(matrices), offsets).sum())
+
+
+def encoded(args, output):
+    """
+    Encoder-included phase: N real texts (the shared BEIR corpora, in turn) through MuveraScoring with the real encoder,
+    float32 and half=True, the same settings as the synthetic run.
+    """
+
+    # pylint: disable=C0415
+    import torch
+
+    from txtai_muvera.glue.scoring import MuveraScoring
+
+    torch.set_num_threads(args.threads)
+    texts = []
+    for name in ("scifact", "msmarco-dl19-5k", "dbpedia-5k"):
+        with open(os.path.join(SHARED, "data", "beir", name, "corpus.jsonl"), encoding="utf-8") as f:
+            texts.extend(f"{row.get('title', '')} {row.get('text', '')}".strip() for row in map(json.loads, f))
+    texts = texts[: args.encoded]
+
+    for half in (False, True):
+        config = scoringconfig(args)
+        config["vectors"]["half"] = half
+        scoring = MuveraScoring(config)
+        clock = time.perf_counter()
+        for a in range(0, len(texts), args.batch):
+            scoring.insert([(x, texts[x], None) for x in range(a, min(a + args.batch, len(texts)))], a)
+        scoring.index()
+        elapsed = time.perf_counter() - clock
+        write(output, {"phase": "encoder-included", "checkpoint": args.checkpoint, "half": half, "documents": len(texts),
+                       "docs_per_s": round(len(texts) / elapsed, 1)})
+        scoring.close()
+
+
 def main():
     """
     Runs the index phase and the search phase, each in its own process.
     """
 
-    parser = argparse.ArgumentParser(description="Indexes N synthetic documents through the core path, then searches them")
+    parser = argparse.ArgumentParser(description="Indexes N synthetic documents, then searches them")
+    parser.add_argument("--path", choices=["scoring", "core"], default="scoring", help="MuveraScoring (default) or the core parts")
+    parser.add_argument("--preset", default="compact", help="scoring path: index preset (default compact, the package default)")
+    parser.add_argument("--checkpoint", default=CHECKPOINT, help="scoring path: model loaded (default the pylate-tiny fixture)")
+    parser.add_argument("--encoded", type=int, default=10000, help="scoring path: real texts indexed with the encoder (0: skip)")
     parser.add_argument("--documents", type=int, default=1000000)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--every", type=int, default=10, help="progress line every this many batches")
     parser.add_argument("--queries", type=int, default=16, help="recall queries (exact MaxSim computed while indexing)")
-    parser.add_argument("--pool", type=int, default=1)
-    parser.add_argument("--codec", default="residual")
-    parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--index", default="flat")
-    parser.add_argument("--quantize", default="binary")
-    parser.add_argument("--final", type=int, default=None)
-    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--pool", type=int, default=1, help="core path")
+    parser.add_argument("--codec", default="residual", help="core path")
+    parser.add_argument("--bits", type=int, default=2, help="core path")
+    parser.add_argument("--index", default="flat", help="core path")
+    parser.add_argument("--quantize", default="binary", help="core path")
+    parser.add_argument("--final", type=int, default=None, help="core path")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--rescore", type=int, nargs="+", default=[4, 16], help="binary codes: Hamming candidates re-scored per result")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folder", default=None, help="index folder (default benchmarks/output/scale-<documents>)")
-    parser.add_argument("--phase", choices=["all", "index", "search"], default="all")
+    parser.add_argument("--phase", choices=["all", "index", "search", "encoder"], default="all")
     args = parser.parse_args()
 
-    folder = args.folder or os.path.join(OUTPUT, f"scale-{args.documents}")
-    output = os.path.join(OUTPUT, f"scale-{args.documents}.jsonl")
+    name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.documents}"
+    folder = args.folder or os.path.join(OUTPUT, name)
+    output = os.path.join(OUTPUT, f"{name}.jsonl")
 
     if args.phase == "index":
-        build(args, output, folder)
+        (buildscoring if args.path == "scoring" else build)(args, output, folder)
     elif args.phase == "search":
-        search(args, output, folder)
+        (searchscoring if args.path == "scoring" else search)(args, output, folder)
+    elif args.phase == "encoder":
+        encoded(args, output)
     else:
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
         write(output, {"phase": "start", "args": vars(args), "disk_free_gb": round(shutil.disk_usage(folder).free / 2**30, 1)})
-        for phase in ("index", "search"):
+        phases = ("index", "search") + (("encoder",) if args.path == "scoring" and args.encoded else ())
+        for phase in phases:
             subprocess.run([sys.executable, __file__, *sys.argv[1:], "--phase", phase, "--folder", folder], check=True)
 
 

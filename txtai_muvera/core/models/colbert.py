@@ -2,6 +2,8 @@
 ColBERT module
 """
 
+import logging
+
 import numpy as np
 import torch
 
@@ -11,6 +13,9 @@ from .settings import resolve
 
 # Activation functions for projection heads
 ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu, "sigmoid": torch.sigmoid}
+
+# Logging instance
+logger = logging.getLogger(__name__)
 
 # Inference backends and quantization modes
 BACKENDS = ("torch", "onnx")
@@ -44,7 +49,8 @@ class ColBERT:
         Args:
             path: local folder or Hugging Face Hub id (PyLate or Stanford layout, or a plain transformers model)
             device: "cpu", "cuda", "cuda:N" or a torch.device, defaults to cuda when available
-            half: run in half precision, GPU only
+            half: 16-bit inference: float16 weights on GPU; on CPU bfloat16 autocast (matrix products in bfloat16, fast on CPUs with
+                  AVX512-BF16 or AMX, weights, layer norms and softmax stay float32)
             threads: number of CPU threads torch uses (process wide), None keeps the current setting
             batch: default model batch size
             compatible: if True, encode like txtai 9.14's LatePooling (text prefixes, no expansion, no skiplist)
@@ -73,7 +79,8 @@ class ColBERT:
         self.checkpoint = Checkpoint(path)
         self.path = str(path)
         self.device = self.resolvedevice(device)
-        self.half = bool(half) and self.device.type == "cuda"
+        self.half = bool(half)
+        self.autocast = self.half and self.device.type == "cpu"
         self.compatible = bool(compatible)
         self.fingerprint = self.checkpoint.fingerprint()
 
@@ -95,16 +102,19 @@ class ColBERT:
             if progress:
                 transformers.logging.enable_progress_bar()
 
-        # Inference in float32, or float16 on GPU when asked
+        # Inference in float32, float16 weights on GPU or bfloat16 autocast on CPU when asked
         if self.backend == "torch":
             self.model.eval().to(self.device)
-            if self.half:
+            if self.half and not self.autocast:
                 self.model.half()
             else:
                 self.model.float()
 
+        if self.autocast and not bfloat16():
+            logger.warning("half=True on a CPU without native bfloat16 (AVX512-BF16 or AMX): encoding may be slower than float32")
+
         # Projection heads as (weight, bias, residual, activation) tensors
-        dtype = torch.float16 if self.half else torch.float32
+        dtype = torch.float16 if self.half and not self.autocast else torch.float32
         self.heads = []
         for head in self.checkpoint.heads:
             tensors = {key: torch.from_numpy(value.copy()).to(self.device, dtype) for key, value in head["weights"].items()}
@@ -239,8 +249,9 @@ class ColBERT:
         if options["token_type_ids"]:
             arguments["token_type_ids"] = torch.zeros_like(arguments["input_ids"])
 
-        outputs = self.model(**arguments)[0]
-        outputs = self.project(outputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            outputs = self.model(**arguments)[0]
+            outputs = self.project(outputs)
 
         # Rows kept: every position for expanded queries, real non-skiplist tokens for documents
         if expansion:
@@ -290,6 +301,8 @@ class ColBERT:
             (backend, quantize)
         """
 
+        if not isinstance(half, (bool, np.bool_)):
+            raise ValueError(f"half must be True or False, got {half!r}")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}, accepted: {list(BACKENDS)}")
         if quantize not in QUANTIZE:
@@ -344,3 +357,17 @@ class ColBERT:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
         return int(value)
+
+
+def bfloat16():
+    """
+    Checks whether this CPU runs bfloat16 matrix products natively (oneDNN with AVX512-BF16 or AMX).
+
+    Returns:
+        True if supported, False otherwise or when the check is unavailable
+    """
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # pylint: disable=W0212
+    except (AttributeError, RuntimeError):
+        return False

@@ -48,6 +48,7 @@ def configure(subparsers):
     model = parser.add_argument_group("encoding")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     model.add_argument("--batch", type=positive, help="model batch size (default 32)")
+    model.add_argument("--half", action="store_true", default=None, help="16-bit encoding: bfloat16 on CPU (fast with AVX512-BF16 or AMX), float16 on GPU")
     model.add_argument("--threads", type=positive, help="CPU threads for the model (default: torch's, one per core); 1 is fastest on a busy machine")
     model.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -123,7 +124,7 @@ def config(args):
     sparse = {"path": args.model}
     sections = {
         "muvera": {name: getattr(args, name) for name in ("repetitions", "hashes", "projection", "final", "seed")},
-        "vectors": {"device": args.device, "batch": args.batch, "threads": args.threads},
+        "vectors": {"device": args.device, "batch": args.batch, "threads": args.threads, "half": args.half},
         "ann": {"index": args.ann, "quantize": args.quantize},
     }
     for section, values in sections.items():

@@ -45,6 +45,7 @@ def configure(subparsers):
     parser.add_argument("--preset", default="exact", choices=["exact", "compact", "small"], help="defaults for what no flag sets, e.g. pooling (default exact)")
     parser.add_argument("--batch", type=int, default=None, help="model batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--half", action="store_true", help="16-bit encoding: bfloat16 on CPU, float16 on GPU")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--max-queries", type=int, default=None, help="judged queries kept per folder (quick runs)")
     parser.add_argument("--max-docs", type=int, default=None, help="documents kept per folder, judged ones first (quick runs)")
@@ -86,7 +87,7 @@ def run(args):
         "fill": bool(args.muvera_fill),
         "final": args.muvera_final,
     }
-    vectors = {key: value for key, value in {"batch": args.batch, "threads": args.threads}.items() if value is not None}
+    vectors = {key: value for key, value in {"batch": args.batch, "threads": args.threads, "half": args.half or None}.items() if value is not None}
     ann = {"index": args.index, **({"quantize": args.quantize} if args.quantize else {})}
 
     report = evaluate(
