@@ -5,6 +5,10 @@ Pooling module tests
 import numpy as np
 import pytest
 
+from scipy.cluster.hierarchy import fcluster, linkage
+from threadpoolctl import threadpool_info
+
+from txtai_muvera.core import pooling
 from txtai_muvera.core.pooling import pool
 
 DIM = 8
@@ -150,3 +154,87 @@ def test_errors():
         pool([np.ones((2, DIM)), bad], 2)
     with pytest.raises(ValueError, match=r"Matrix 0 has shape \(4,\)"):
         pool([np.ones(4)], 2)
+
+
+def reference(matrix, factor, protected, normalize=True):
+    """
+    Straightforward twin of the fast path: scipy's public linkage("ward") on 1 - dot distances (float64, every pair by einsum,
+    clipped at 0), fcluster "maxclust", then each cluster's mean in label order.
+    """
+
+    head, rows = matrix[:protected], matrix[protected:].astype(np.float64)
+    n = len(rows)
+    clusters = max(n // factor, 1)
+    if clusters >= n:
+        return matrix, None
+
+    distances = np.maximum(1.0 - np.einsum("id,jd->ij", rows, rows), 0.0)[np.triu_indices(n, k=1)]
+    labels = fcluster(linkage(distances, method="ward"), t=clusters, criterion="maxclust") - 1
+    means = np.array([rows[labels == label].mean(axis=0) for label in np.unique(labels)])
+    if normalize:
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+    return np.concatenate([head, means.astype(np.float32)]), labels
+
+
+def hard(rng, count, dim):
+    """
+    Documents that stress the clustering: random rows, duplicated rows, a few rows repeated many times, all rows equal,
+    coarse values (exact ties between different pairs), near-duplicates and rows that are not unit length.
+    """
+
+    results = []
+    for x in range(count):
+        n, kind = int(rng.integers(2, 120)), x % 7
+        rows = rng.standard_normal((n, dim)).astype(np.float32)
+        if kind == 1:
+            rows[rng.integers(0, n, n // 2)] = rows[rng.integers(0, n, n // 2)]
+        elif kind == 2:
+            rows = rows[rng.integers(0, 4, n) % len(rows)]
+        elif kind == 3:
+            rows = np.repeat(rows[:1], n, axis=0)
+        elif kind == 4:
+            rows = np.round(rows / np.linalg.norm(rows, axis=1, keepdims=True) * 8) / 8
+        elif kind == 5:
+            rows = np.repeat(rows[: max(n // 3, 1)], 3, axis=0)[:n]
+            rows = rows + 1e-6 * rng.standard_normal(rows.shape).astype(np.float32)
+        if kind != 6:
+            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        results.append(rows.astype(np.float32))
+
+    return results
+
+
+@pytest.mark.parametrize("dim", [8, 128, 384])
+def test_reference(dim):
+    rng = np.random.default_rng(dim)
+    for x, matrix in enumerate(hard(rng, 140, dim)):
+        factor, protected, normalize = 2 + x % 3, x % 2, x % 5 != 0
+        expected, labels = reference(matrix, factor, protected, normalize)
+        result = pool([matrix], factor, protected, normalize)[0]
+
+        # Same clusters in the same order: the pooled rows match row for row
+        assert result.dtype == np.float32 and result.shape == expected.shape, (x, result.shape, expected.shape)
+        np.testing.assert_allclose(result, expected, atol=1e-6, err_msg=f"document {x}")
+
+        # The compiled scipy routines give fcluster(linkage(...))'s labels, ties included
+        if labels is not None:
+            rows = matrix[protected:].astype(np.float64)
+            distances = np.maximum(1.0 - np.einsum("id,jd->ij", rows, rows), 0.0)[np.triu_indices(len(rows), k=1)]
+            np.testing.assert_array_equal(pooling.wardlabels(distances, len(rows), max(len(rows) // factor, 1)), labels)
+
+
+def test_public_scipy(monkeypatch):
+    # Without scipy's compiled routines, the public linkage and fcluster give the same output
+    rng = np.random.default_rng(4)
+    data = hard(rng, 60, 32)
+    fast = pool(data, 2)
+    monkeypatch.setattr(pooling, "COMPILED", None)
+    for matrix, expected in zip(data, fast):
+        np.testing.assert_array_equal(pool([matrix], 2)[0], expected)
+
+
+def test_threads():
+    # BLAS is limited to one thread while pooling, and restored after
+    before = threadpool_info()
+    pool(documents(np.random.default_rng(5), 4, 5, 40), 2)
+    assert threadpool_info() == before

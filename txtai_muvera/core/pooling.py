@@ -2,7 +2,15 @@
 Pooling module: index-time token pooling (Clavie et al. 2024, PyLate's pool_factor)
 """
 
+import contextlib
+
 import numpy as np
+
+# Smallest cosine distance computed by BLAS: documents with a closer pair of rows are computed in einsum's order (see cluster)
+NEAR = 1e-6
+
+# scipy's method code for Ward linkage, and its compiled clustering module (False: not looked up yet)
+WARD, COMPILED = 5, False
 
 
 def pool(matrices, factor, protected=1, normalize=True):
@@ -36,15 +44,22 @@ def pool(matrices, factor, protected=1, normalize=True):
     if not isinstance(normalize, bool):
         raise ValueError(f"Pool normalize must be True or False, got {normalize!r}")
 
-    results = []
-    for x, matrix in enumerate(matrices):
-        matrix = np.asarray(matrix, dtype=np.float32)
-        if matrix.ndim != 2:
-            raise ValueError(f"Matrix {x} has shape {matrix.shape}, expected (tokens, dim)")
-        if not np.isfinite(matrix).all():
-            raise ValueError(f"Matrix {x} contains NaN or infinite values")
+    # One BLAS thread: the Gram matrices here are small, and a multi-threaded BLAS call on them costs several times more CPU
+    # (and 4x the wall time on a busy machine, measured) than a single-threaded one. Limits only BLAS (process-wide, as BLAS
+    # thread counts are), restored on exit
+    # pylint: disable=C0415
+    from threadpoolctl import threadpool_limits
 
-        results.append(cluster(matrix, factor, protected, normalize) if factor > 1 else matrix)
+    results = []
+    with threadpool_limits(limits=1, user_api="blas") if factor > 1 else contextlib.nullcontext():
+        for x, matrix in enumerate(matrices):
+            matrix = np.asarray(matrix, dtype=np.float32)
+            if matrix.ndim != 2:
+                raise ValueError(f"Matrix {x} has shape {matrix.shape}, expected (tokens, dim)")
+            if not np.isfinite(matrix).all():
+                raise ValueError(f"Matrix {x} contains NaN or infinite values")
+
+            results.append(cluster(matrix, factor, protected, normalize) if factor > 1 else matrix)
 
     return results
 
@@ -64,7 +79,7 @@ def cluster(matrix, factor, protected, normalize):
     """
 
     # pylint: disable=C0415
-    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
 
     head, rows = matrix[:protected], matrix[protected:]
     n = len(rows)
@@ -72,12 +87,17 @@ def cluster(matrix, factor, protected, normalize):
     if clusters >= n:
         return matrix
 
-    # Condensed cosine distances in float64 (what linkage works in), clipped at 0 against rounding. einsum, not BLAS: a
-    # multi-threaded BLAS call on matrices this small costs 20x more on a busy machine (measured)
+    # Condensed cosine distances in float64 (what linkage works in), clipped at 0 against rounding: the upper triangle of a
+    # single-threaded BLAS Gram matrix, in condensed order
     rows64 = rows.astype(np.float64)
-    distances = 1.0 - np.einsum("id,jd->ij", rows64, rows64)
-    condensed = np.maximum(distances[np.triu_indices(n, k=1)], 0.0)
-    labels = fcluster(linkage(condensed, method="ward"), t=clusters, criterion="maxclust") - 1
+    condensed = 1.0 - squareform(rows64 @ rows64.T, force="tovector", checks=False)
+    if condensed.min() < NEAR:
+        # (Near-)duplicate rows tie, and ties decide the clusters: BLAS can round two copies of one dot product differently
+        # (by position in its blocks), so such documents take einsum's sums, one summation order for every pair (what
+        # pooling used before BLAS). Elsewhere the two differ by ~1e-16, far below any gap between distinct distances
+        condensed = 1.0 - squareform(np.einsum("id,jd->ij", rows64, rows64), force="tovector", checks=False)
+    np.maximum(condensed, 0.0, out=condensed)
+    labels = wardlabels(condensed, n, clusters)
 
     # Cluster means: rows sorted by cluster, summed per contiguous run (fcluster can return fewer clusters than asked when merge
     # heights tie, so only the non-empty ones are kept)
@@ -91,3 +111,56 @@ def cluster(matrix, factor, protected, normalize):
     pooled = pooled.astype(np.float32)
 
     return np.concatenate([head, pooled])
+
+
+def wardlabels(condensed, n, clusters):
+    """
+    Ward linkage over condensed distances cut into at most `clusters` clusters: scipy's
+    fcluster(linkage(condensed, "ward"), clusters, "maxclust") - 1.
+
+    The public functions re-validate their inputs on every call (finiteness, linkage structure), which costs as much as the
+    clustering itself on documents this small, and the inputs here are valid by construction. So scipy's compiled routines
+    behind them are called directly when this scipy has them, the public functions otherwise (tests check both agree).
+
+    Args:
+        condensed: float64 condensed distance matrix of n observations
+        n: number of observations
+        clusters: largest number of clusters
+
+    Returns:
+        int labels (n,), from 0
+    """
+
+    # pylint: disable=C0415
+    hierarchy = compiled()
+    if hierarchy is None:
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        return fcluster(linkage(condensed, method="ward"), t=clusters, criterion="maxclust") - 1
+
+    labels = np.zeros(n, dtype=np.intc)
+    hierarchy.cluster_maxclust_dist(hierarchy.nn_chain(condensed, n, WARD), labels, n, clusters)
+    return labels - 1
+
+
+def compiled():
+    """
+    scipy's compiled hierarchical clustering module, if it has the routines linkage("ward") and fcluster("maxclust") call.
+
+    Returns:
+        scipy.cluster._hierarchy or None
+    """
+
+    # pylint: disable=C0415,W0212,W0603
+    global COMPILED
+    if COMPILED is False:
+        try:
+            from scipy.cluster import _hierarchy, hierarchy
+
+            usable = hierarchy._LINKAGE_METHODS.get("ward") == WARD and all(hasattr(_hierarchy, x) for x in ("nn_chain", "cluster_maxclust_dist"))
+            COMPILED = _hierarchy if usable else None
+        except (ImportError, AttributeError):
+            COMPILED = None
+
+    return COMPILED
+
