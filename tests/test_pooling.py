@@ -2,6 +2,8 @@
 Pooling module tests
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -238,3 +240,24 @@ def test_threads():
     before = threadpool_info()
     pool(documents(np.random.default_rng(5), 4, 5, 40), 2)
     assert threadpool_info() == before
+
+
+def test_threads_concurrent():
+    # Calls from several threads take turns with the BLAS limit, so the count found before is the count left after
+    before = threadpool_info()
+    data = documents(np.random.default_rng(6), 20, 5, 40)
+    expected = pool(data, 2)
+    results = [None] * 8
+
+    def work(x):
+        results[x] = pool(data, 2)
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert threadpool_info() == before
+    for result in results:
+        assert all(np.array_equal(a, b) for a, b in zip(result, expected))

@@ -3,11 +3,15 @@ Pooling module: index-time token pooling (Clavie et al. 2024, PyLate's pool_fact
 """
 
 import contextlib
+import threading
 
 import numpy as np
 
 # Smallest cosine distance computed by BLAS: documents with a closer pair of rows are computed in einsum's order (see cluster)
 NEAR = 1e-6
+
+# BLAS thread limits are process wide: calls from several threads take turns, so each restores the count it found
+LOCK = threading.Lock()
 
 # scipy's method code for Ward linkage, and its compiled clustering module (False: not looked up yet)
 WARD, COMPILED = 5, False
@@ -51,7 +55,7 @@ def pool(matrices, factor, protected=1, normalize=True):
     from threadpoolctl import threadpool_limits
 
     results = []
-    with threadpool_limits(limits=1, user_api="blas") if factor > 1 else contextlib.nullcontext():
+    with (LOCK if factor > 1 else contextlib.nullcontext()), (threadpool_limits(limits=1, user_api="blas") if factor > 1 else contextlib.nullcontext()):
         for x, matrix in enumerate(matrices):
             matrix = np.asarray(matrix, dtype=np.float32)
             if matrix.ndim != 2:
