@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from encoding import DOCUMENTS, QUERIES, cosines
+
 from txtai_muvera.core.models import ColBERT
 from txtai_muvera.core.models import onnx as onnxmodule
 
@@ -22,16 +24,6 @@ pytest.importorskip("onnx")
 FLOAT32 = 1e-5
 INT8 = 0.999
 
-DOCUMENTS = [
-    "the retrieval model encodes every query and document into token vectors",
-    "search engines rank passages for questions about science, and the answers",
-    "a",
-    "  Compact vectors for a LARGE collection of documents: late interaction keeps one vector per token. " * 6,
-    "health finance sports music history travel food weather",
-]
-
-QUERIES = ["music and travel", "maximum similarity of token vectors?", "questions about science"]
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -40,20 +32,6 @@ def cache(tmp_path_factory):
     """
 
     return tmp_path_factory.mktemp("onnx-cache")
-
-
-def cosines(actual, expected):
-    """
-    Per token cosine similarities between two lists of L2-normalised token matrices with the same shapes.
-    """
-
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        assert a.dtype == np.float32
-        assert a.shape == e.shape, (a.shape, e.shape)
-        assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-
-    return np.concatenate([(a * e).sum(axis=1) for a, e in zip(actual, expected)])
 
 
 def difference(actual, expected):
