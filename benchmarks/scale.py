@@ -29,6 +29,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -128,12 +129,36 @@ def memory():
     return rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Sampler(threading.Thread):
+    """
+    Peak anonymous memory (heap, arrays: what the process needs) and peak file-backed resident memory (pages of memory-mapped
+    spill and spool files, which the kernel can write back and drop), sampled from /proc/self/status every 0.1 s: ru_maxrss
+    counts both.
+    """
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.anon, self.file = 0, 0
+
+    def run(self):
+        while True:
+            with open("/proc/self/status", encoding="utf-8") as f:
+                values = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("RssAnon", "RssFile", "RssShmem"))}
+            self.anon = max(self.anon, values.get("RssAnon", 0))
+            self.file = max(self.file, values.get("RssFile", 0) + values.get("RssShmem", 0))
+            time.sleep(0.1)
+
+
+SAMPLER = Sampler()
+
+
 def write(output, line):
     """
     Appends a JSON line and echoes it.
     """
 
-    line = {**line, "rss_mib": round(memory()[0]), "peak_rss_mib": round(memory()[1]), "load": os.getloadavg()[0]}
+    line = {**line, "rss_mib": round(memory()[0]), "peak_rss_mib": round(memory()[1]), "peak_anon_mib": round(SAMPLER.anon / 1024),
+            "peak_file_mib": round(SAMPLER.file / 1024), "load": os.getloadavg()[0]}
     with open(output, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
     sys.stdout.write(json.dumps(line) + "\n")
@@ -545,6 +570,7 @@ def main():
     parser.add_argument("--phase", choices=["all", "index", "search", "encoder"], default="all")
     args = parser.parse_args()
 
+    SAMPLER.start()
     name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.documents}"
     folder = args.folder or os.path.join(OUTPUT, name)
     output = os.path.join(OUTPUT, f"{name}.jsonl")

@@ -313,6 +313,12 @@ def test_nonfinite():
     # Nothing of a rejected batch was added
     assert index.count() == 100
 
+    # Rows are checked a block at a time: bad rows in the first and a later block are all counted, in order
+    vectors = np.zeros((70000, 4), dtype=np.float32)
+    vectors[[69999, 3, 65536], [0, 1, 2]] = [np.inf, np.nan, -np.inf]
+    with pytest.raises(ValueError, match=r"NaN or infinity: 3 rows, first ids \[3, 65536, 69999\]"):
+        FDEIndex(4, "flat").index(np.arange(70000), vectors)
+
 
 @pytest.mark.parametrize("quantize", [None, "binary"])
 def test_checksums(tmp_path, quantize):
