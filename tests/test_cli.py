@@ -170,7 +170,7 @@ def test_index_options(checkpoint, corpus, tmp_path, capsys):
     args = ["index", str(corpus), str(output), "--model", checkpoint, "--quiet", *MUVERA]
     threads = torch.get_num_threads()
     try:
-        assert main([*args, "--tokens", "int8", "--ann", "hnsw", "--candidates", "7", "--no-rerank", "--threads", "1"]) == 0
+        assert main([*args, "--tokens", "int8", "--ann", "hnsw", "--candidates", "7", "--no-rerank", "--threads", "1", "--half"]) == 0
     finally:
         # torch's thread count is process wide
         torch.set_num_threads(threads)
@@ -180,13 +180,14 @@ def test_index_options(checkpoint, corpus, tmp_path, capsys):
     with open(output / "config.json", encoding="utf-8") as f:
         scoring = json.load(f)["scoring"]
     assert scoring["tokens"] == "int8" and scoring["ann"]["type"] == "hnsw" and scoring["candidates"] == 7 and scoring["rerank"] is False
-    assert scoring["vectors"]["threads"] == 1
+    assert scoring["vectors"]["threads"] == 1 and scoring["vectors"]["half"] is True
 
     # An existing index is only replaced with --overwrite
     error(capsys, args, "--overwrite", str(output))
     assert main([*args, "--overwrite"]) == 0
     with open(output / "config.json", encoding="utf-8") as f:
-        assert json.load(f)["scoring"]["tokens"] == "float16"
+        scoring = json.load(f)["scoring"]
+    assert scoring["tokens"] == "float16" and "half" not in scoring["vectors"]
     assert sorted(x for x in os.listdir(tmp_path) if not x.endswith(".lock")) == ["index"]
 
     # A folder that holds something else is never touched
