@@ -14,13 +14,13 @@ DEFAULTS = {"backend": "faiss", "tokens": "float16", "pool": 1, "candidates": 10
 # Named sets of defaults for new indexes, chosen from the footprint grid (README, "Footprint"). Keys a config sets itself win.
 #  - exact: 0.1.0's settings: float16 tokens, no pooling, full-size float FDEs, 100 candidates
 #  - compact (default): tokens pooled by 2 and stored as 2-bit residuals, FDEs count-sketched to 2,048 dims and stored as sq8
-#    in an exact (flat) index, 300 candidates: 11,053 B/doc on SciFact; of exact MaxSim nDCG@10 it keeps 1.014 / 0.994 on
-#    msmarco-dl19-5k / dbpedia-5k but 0.982 on all 300 SciFact test queries (0.997 on the grid's first 50; README, "Footprint")
-#    PQ-256-8 FDEs kept more candidate recall but took 750 s to train on 5k documents (sq8: under a second)
-#  - small: compact with tokens pooled by 3
+#    in an exact (flat) index, 1,000 candidates: 11,053 B/doc on SciFact at 0.996 / 1.014 / 0.991 of exact MaxSim nDCG@10 on
+#    scifact (all 300 test queries; 0.997 on 809 unseen train queries) / msmarco-dl19-5k / dbpedia-5k. At 300 candidates SciFact
+#    fell to 0.982 (README, "Footprint"). PQ-256-8 FDEs kept more candidate recall but took 750 s to train on 5k documents
+#  - small: compact with tokens pooled by 3 and 300 candidates: smaller and faster, 0.987 of exact nDCG@10 on SciFact
 PRESETS = {
     "exact": {"tokens": "float16", "pool": 1},
-    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
+    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000},
     "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
 }
 

@@ -42,7 +42,7 @@ def configure(subparsers):
     store.add_argument("--tokens", choices=["float16", "float32", "int8", "residual", "pq"], help="token codec (default: the preset's)")
     store.add_argument("--ann", choices=["auto", "flat", "hnsw", "ivf"], help="FDE index type (default auto: flat up to 5,000 documents)")
     store.add_argument("--quantize", choices=["sq8", "pq"], help="compress stored FDEs (default: none)")
-    store.add_argument("--candidates", type=positive, help="FDE candidates re-ranked per query (default 100)")
+    store.add_argument("--candidates", type=positive, help="FDE candidates re-ranked per query (default: the preset's, compact 1000)")
     store.add_argument("--no-rerank", dest="rerank", action="store_false", default=None, help="MUVERA-only search by default")
 
     model = parser.add_argument_group("encoding")
