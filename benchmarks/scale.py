@@ -186,7 +186,6 @@ def build(args, output, folder):
     import torch
 
     from txtai_muvera import FDEIndex, Muvera, TokenStore
-    from txtai_muvera.core.maxsim import maxsim_flat, topk
     from txtai_muvera.core.pooling import pool
 
     torch.set_num_threads(args.threads)
@@ -235,14 +234,7 @@ def build(args, output, folder):
 
         # Exact MaxSim top 10 over the unpooled float32 tokens (not part of indexing)
         clock = time.perf_counter()
-        offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(x) for x in matrices])
-        flat = np.concatenate(matrices)
-        for x, query in enumerate(queries):
-            scores = np.concatenate([best[x][0], maxsim_flat(query, flat, offsets)])
-            ids = np.concatenate([best[x][1], np.arange(a, b, dtype=np.int64)])
-            order, _ = topk(scores, 10)
-            best[x] = (scores[order], ids[order])
+        track(best, queries, matrices, np.arange(a, b, dtype=np.int64))
         timings["exact"] += time.perf_counter() - clock
 
         if (b // args.batch) % args.every == 0 or b == args.documents:
@@ -333,9 +325,6 @@ class Synthetic:
         Token matrices of document or query numbers.
         """
 
-        # pylint: disable=C0415
-        from txtai_muvera.core.maxsim import maxsim_flat, topk
-
         if category == "query":
             return [self.queries[int(x)] for x in texts]
 
@@ -343,15 +332,7 @@ class Synthetic:
         ids = np.array([int(x) for x in texts], dtype=np.int64)
         matrices = [self.generator.document(int(x)) for x in ids]
         self.tokens += sum(len(x) for x in matrices)
-
-        offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(x) for x in matrices])
-        flat = np.concatenate(matrices)
-        for x, query in enumerate(self.queries):
-            scores = np.concatenate([self.best[x][0], maxsim_flat(query, flat, offsets)])
-            order, _ = topk(scores, 10)
-            self.best[x] = (scores[order], np.concatenate([self.best[x][1], ids])[order])
-
+        track(self.best, self.queries, matrices, ids)
         self.seconds += time.perf_counter() - clock
         return matrices
 
@@ -503,12 +484,29 @@ def exactsum(generator, query, ids):
     """
 
     # pylint: disable=C0415
-    from txtai_muvera.core.maxsim import maxsim_flat
+    from txtai_muvera.core.maxsim import maxsim
 
-    matrices = [generator.document(int(x)) for x in ids]
-    offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(x) for x in matrices])
-    return float(maxsim_flat(query, np.concatenate(matrices), offsets).sum())
+    return float(maxsim([query], [generator.document(int(x)) for x in ids]).sum())
+
+
+def track(best, queries, matrices, ids):
+    """
+    Updates each query's running exact MaxSim top 10 (scores, ids), in place, with a batch of documents.
+
+    Args:
+        best: list of (scores, ids) per query
+        queries: query token matrices
+        matrices: the batch's document token matrices (float32, unpooled)
+        ids: the batch's document ids
+    """
+
+    # pylint: disable=C0415
+    from txtai_muvera.core.maxsim import maxsim, topk
+
+    for x, row in enumerate(maxsim(queries, matrices)):
+        scores, candidates = np.concatenate([best[x][0], row]), np.concatenate([best[x][1], ids])
+        order, _ = topk(scores, 10)
+        best[x] = (scores[order], candidates[order])
 
 
 def encoded(args, output):

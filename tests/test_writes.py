@@ -164,14 +164,26 @@ def inject(storage, point, monkeypatch):
 
         monkeypatch.setattr(storage, "rows", failing)
     else:
-        original = storage.connection
+        failcommit(storage, monkeypatch)
 
-        @contextmanager
-        def failing():
-            with original() as connection:
-                yield Failing(connection)
 
-        monkeypatch.setattr(storage, "connection", failing)
+def failcommit(storage, monkeypatch):
+    """
+    Makes every commit of a pgvector engine's connections fail (see Failing).
+
+    Args:
+        storage: pgvector storage engine
+        monkeypatch: pytest monkeypatch
+    """
+
+    original = storage.connection
+
+    @contextmanager
+    def failing():
+        with original() as connection:
+            yield Failing(connection)
+
+    monkeypatch.setattr(storage, "connection", failing)
 
 
 @pytest.mark.parametrize("point", ["first", "later"])
@@ -202,14 +214,7 @@ def test_failed_delete(engine, checkpoint, monkeypatch):
     if hasattr(storage, "store"):
         monkeypatch.setattr(storage.store, "delete", lambda ids: (_ for _ in ()).throw(OSError("injected")))
     else:
-        original = storage.connection
-
-        @contextmanager
-        def failing():
-            with original() as connection:
-                yield Failing(connection)
-
-        monkeypatch.setattr(storage, "connection", failing)
+        failcommit(storage, monkeypatch)
 
     with pytest.raises(OSError, match="injected|No space left"):
         transaction.delete(embeddings, ["d1", "d2"])

@@ -48,14 +48,8 @@ def pool(matrices, factor, protected=1, normalize=True):
     if not isinstance(normalize, bool):
         raise ValueError(f"Pool normalize must be True or False, got {normalize!r}")
 
-    # One BLAS thread: the Gram matrices here are small, and a multi-threaded BLAS call on them costs several times more CPU
-    # (and 4x the wall time on a busy machine, measured) than a single-threaded one. Limits only BLAS (process-wide, as BLAS
-    # thread counts are), restored on exit
-    # pylint: disable=C0415
-    from threadpoolctl import threadpool_limits
-
     results = []
-    with (LOCK if factor > 1 else contextlib.nullcontext()), (threadpool_limits(limits=1, user_api="blas") if factor > 1 else contextlib.nullcontext()):
+    with singlethreaded() if factor > 1 else contextlib.nullcontext():
         for x, matrix in enumerate(matrices):
             matrix = np.asarray(matrix, dtype=np.float32)
             if matrix.ndim != 2:
@@ -66,6 +60,21 @@ def pool(matrices, factor, protected=1, normalize=True):
             results.append(cluster(matrix, factor, protected, normalize) if factor > 1 else matrix)
 
     return results
+
+
+@contextlib.contextmanager
+def singlethreaded():
+    """
+    Runs the block with one BLAS thread: the Gram matrices here are small, and a multi-threaded BLAS call on them costs several
+    times more CPU (and 4x the wall time on a busy machine, measured) than a single-threaded one. Limits only BLAS (process-wide,
+    as BLAS thread counts are) and restores it on exit; calls from several threads take turns (LOCK).
+    """
+
+    # pylint: disable=C0415
+    from threadpoolctl import threadpool_limits
+
+    with LOCK, threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def cluster(matrix, factor, protected, normalize):
