@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from txtai_muvera.core import codecs
 
@@ -149,6 +150,77 @@ def test_pq_twin():
             np.testing.assert_array_equal(decoded[x, j * sub : (j + 1) * sub], codec.codebooks[j, codes[x, j]])
 
     assert cosine(decoded, rows) > 0.9
+
+
+@pytest.mark.parametrize(
+    "name,options,even",
+    [
+        ("residual", {"bits": 1, "buckets": "quantile"}, True),
+        ("residual", {"bits": 2}, True),
+        ("residual", {"bits": 4}, True),
+        ("residual", {"bits": 2, "buckets": "quantile"}, False),
+        ("residual", {"bits": 4, "buckets": "quantile"}, False),
+        ("pq", {"m": 13}, False),
+    ],
+)
+def test_similarities_twin(name, options, even):
+    """
+    Codes score against a query like their decoded rows: evenly spaced residual values (uniform buckets, or two values) by the
+    centroid product plus the bucket indexes times step * q, without decoding; others by decoding a block at a time. Checked
+    against a plain loop over rows and dimensions, on an odd dimension (padding slots in the last byte) and more rows than a
+    block.
+    """
+
+    dim = 13
+    codec = trained(name, dim=dim, **options)
+    assert (getattr(codec, "steps", None) is not None) == even
+    rows = tokens(9, codecs.BLOCK + 300, dim)
+    codes = codec.encode(rows)
+    query = tokens(10, 5, dim)
+
+    # Twin: decode each row value by value, then dot products one at a time
+    expected = np.zeros((len(rows), len(query)), dtype=np.float64)
+    for x in range(len(rows)):
+        if name == "residual":
+            bits = options["bits"]
+            row = [
+                codec.centroids[codes["codes"][x], d] + codec.weights[(int(codes["residuals"][x][d * bits // 8]) >> (d * bits % 8)) & ((1 << bits) - 1), d]
+                for d in range(dim)
+            ]
+        else:
+            row = [codec.codebooks[d, codes["codes"][x, d], 0] for d in range(dim)]
+        for y, token in enumerate(query):
+            expected[x, y] = sum(float(a) * float(b) for a, b in zip(row, token))
+
+    block = codecs.Codes(codec, codes)
+    assert block.shape == (len(rows), dim) and len(block) == len(rows)
+    np.testing.assert_allclose(block.similarities(torch.from_numpy(query)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(block.decode(), codec.decode(codes))
+
+    # A restored codec scores the same way
+    restored = codecs.fromconfig(json.loads(json.dumps(codec.config)), dim)
+    restored.restore(codec.state())
+    assert (getattr(restored, "steps", None) is not None) == even
+    np.testing.assert_allclose(restored.similarities(codes, torch.from_numpy(query)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flat():
+    """
+    Codec.flat, what gathers hand to maxsim_flat: float rows as stored, int8 with its scales, other codes decoded or kept.
+    """
+
+    rows = tokens(4, 50)
+    for name in codecs.CODECS:
+        codec = trained(name, **({"m": 4} if name == "pq" else {}))
+        codes = codec.encode(rows)
+        decoded, scale = codec.flat(codes)
+        kept, same = codec.flat(codes, decode=False)
+        assert (scale is not None) == (same is not None) == (name == "int8")
+        if codec.native:
+            assert decoded is codes["tokens"] and kept is codes["tokens"]
+        else:
+            np.testing.assert_array_equal(decoded, codec.decode(codes))
+            assert isinstance(kept, codecs.Codes) and kept.codes is codes
 
 
 @pytest.mark.parametrize("name,options", [("residual", {"bits": 2}), ("residual", {"bits": 4, "buckets": "uniform"}), ("pq", {"m": 8})])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from txtai_muvera.core import codecs
 from txtai_muvera.core.maxsim import EMPTY, maxsim, maxsim_flat, maxsim_padded, rerank, topk
 
 
@@ -186,6 +187,37 @@ def test_rerank():
     tensors = rerank(ids[:1], torch.from_numpy(queries[0]), [[torch.from_numpy(x) for x in candidates[0]]])
     assert tensors[0] == results[0] or np.allclose([x["score"] for x in tensors[0]], [x["score"] for x in results[0]])
     assert rerank([[]], queries[:1], [[]]) == [[]]
+
+
+@pytest.mark.parametrize("name", ["residual", "pq"])
+def test_maxsim_flat_codes(name):
+    """
+    A Codes block (the search path's gather of residual / PQ codes) scores like a plain loop over its decoded rows, empty
+    documents and empty queries included, and a corrupt codec state is reported like a bad stored token.
+    """
+
+    rng = np.random.default_rng(5)
+    codec = codecs.create(name, 16, **({"m": 4} if name == "pq" else {"centroids": 8}))
+    codec.train(rng.standard_normal((600, 16)).astype(np.float32))
+    query = matrices(rng, 1, 16, 6, 6)[0]
+    documents = matrices(rng, 40, 16, 0, 60)
+    tokens, offsets = flat(documents, 16)
+    codes = codecs.Codes(codec, codec.encode(tokens))
+
+    decoded = codec.decode(codes.codes)
+    expected = [loopscore(query, decoded[offsets[i] : offsets[i + 1]]) for i in range(40)]
+    np.testing.assert_allclose(maxsim_flat(query, codes, offsets), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(maxsim_flat(np.zeros((0, 16), np.float32), codes, offsets), np.where(np.diff(offsets) > 0, 0.0, EMPTY))
+    with pytest.raises(ValueError, match="offsets"):
+        maxsim_flat(query, codes, offsets[:-1])
+
+    # A NaN in the codec's state reaches every row that uses it: the documents holding those rows are refused
+    if name == "residual":
+        codec.centroids[codes.codes["codes"][0], 3] = np.nan
+    else:
+        codec.codebooks[0, codes.codes["codes"][0, 0], 0] = np.nan
+    with pytest.raises(ValueError, match=rf"document tokens hold NaN or infinity: \d+ documents, first positions \[{np.argmax(np.diff(offsets) > 0)}"):
+        maxsim_flat(query, codes, offsets)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

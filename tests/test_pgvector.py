@@ -19,6 +19,7 @@ import pytest
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from txtai_muvera.core.codecs import Codes
 from txtai_muvera.core.maxsim import maxsim_flat
 from txtai_muvera.core.options import SearchOptions
 
@@ -263,6 +264,11 @@ def test_codecs(url, table, tmp_path, codec):
     query = rng.standard_normal((3, 8)).astype(np.float32)
     exact = maxsim_flat(query, tokens, offsets, scale)
     np.testing.assert_allclose(exact, [(query @ row.T).max(axis=1).mean() for row in decoded(engine, order)], rtol=1e-4, atol=1e-4)
+
+    # The search path's gather keeps trained codecs' codes, scored without decoding them first: the same scores
+    codes, same, scale = engine.gather(order, decode=False)
+    assert isinstance(codes, Codes) == trained and same.tolist() == offsets.tolist()
+    np.testing.assert_allclose(maxsim_flat(query, codes, same, scale), exact, rtol=1e-5, atol=1e-6)
 
     # Save: settings only; load restores the trained state from the database
     before, rows = decoded(engine, ids), state(url, table)

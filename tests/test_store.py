@@ -143,6 +143,11 @@ def test_roundtrip(tmp_path, dtype):
         maxsim_flat(query, tokens, offsets, scale), maxsim([query], [expected(x, dtype, loaded) for x in reference.values()])[0], rtol=1e-5, atol=1e-6
     )
 
+    # The search path's gather keeps codes that are not scored as stored and scores them without decoding: the same scores
+    codes, same, scale = loaded.gather(list(reference), decode=False)
+    assert isinstance(codes, codecs.Codes) == (not loaded.codec.native) and same.tolist() == offsets.tolist()
+    np.testing.assert_allclose(maxsim_flat(query, codes, same, scale), maxsim_flat(query, tokens, offsets, scale), rtol=1e-5, atol=1e-6)
+
     # Upserts keep the trained state: the state saved after adding is the state trained before
     for key, value in store.codec.state().items():
         np.testing.assert_array_equal(TokenStore.load(path).codec.state()[key], value)

@@ -3,6 +3,10 @@ Codecs module: how token rows are stored (plain floats, int8, residual or produc
 """
 
 import numpy as np
+import torch
+
+# Token rows decoded and multiplied at a time when scoring codes (a block stays in cache between the two)
+BLOCK = 1024
 
 
 class Codec:
@@ -88,6 +92,42 @@ class Codec:
         """
 
         raise NotImplementedError
+
+    def flat(self, codes, decode=True):
+        """
+        What a gather hands to maxsim_flat: float32 / float16 / int8 rows as stored (int8 with its scales); other codecs decode
+        to float32, or with decode False stay codes in a Codes block that maxsim_flat scores through similarities().
+
+        Args:
+            codes: {part name: array (n, *row shape)}
+            decode: decode codes that are not scored as stored
+
+        Returns:
+            (tokens (n, dim) array or Codes, scale (n,) float32 or None)
+        """
+
+        return (self.decode(codes) if decode else Codes(self, codes)), None
+
+    def similarities(self, codes, query):
+        """
+        Dot products of every code row with every query token, as decode(codes) @ query.T, decoding a block of rows at a time so
+        the whole gather is never widened to float32 at once. Codecs with a cheaper exact form (Residual) override it.
+
+        Args:
+            codes: {part name: array (n, *row shape)}
+            query: float32 (q, dim) tensor
+
+        Returns:
+            float32 (n, q) tensor
+        """
+
+        count = len(next(iter(codes.values())))
+        scores = torch.empty((count, query.shape[0]), dtype=torch.float32)
+        for start in range(0, count, BLOCK):
+            block = self.decode({name: part[start : start + BLOCK] for name, part in codes.items()})
+            torch.matmul(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)), query.T, out=scores[start : start + BLOCK])
+
+        return scores
 
     @property
     def config(self):
@@ -187,6 +227,9 @@ class Float(Codec):
     def decode(self, codes):
         return codes["tokens"].astype(np.float32)
 
+    def flat(self, codes, decode=True):
+        return codes["tokens"], None
+
 
 class Float32(Float):
     """
@@ -221,6 +264,9 @@ class Int8(Codec):
 
     def decode(self, codes):
         return codes["tokens"].astype(np.float32) * codes["scale"][:, None]
+
+    def flat(self, codes, decode=True):
+        return codes["tokens"], codes["scale"]
 
 
 class Residual(Codec):
@@ -260,8 +306,8 @@ class Residual(Codec):
         options["bits"] = int(options["bits"])
 
         # Learned state: centroids (k, dim), bucket cutoffs (levels - 1, dim) and decoded values (levels, dim); derived: the
-        # centroid assignment index and the byte lookup table used to decode
-        self.centroids, self.cutoffs, self.weights, self.index, self.table = None, None, None, None, None
+        # centroid assignment index, the byte lookup table used to decode and, for evenly spaced values, the step per dimension
+        self.centroids, self.cutoffs, self.weights, self.index, self.table, self.steps = None, None, None, None, None, None
 
     @property
     def trained(self):
@@ -331,6 +377,32 @@ class Residual(Codec):
         tokens += residuals[:, : self.dim]
         return tokens
 
+    def similarities(self, codes, query):
+        self.checktrained()
+        if self.steps is None:
+            return super().similarities(codes, query)
+
+        # With evenly spaced values, weights[l] = weights[0] + l * step, so q . token = q . centroid + q . weights[0] +
+        # sum_d index_d * step_d * q_d. That is one product of the query with the centroids, gathered per row, plus, for each bit
+        # position in a byte, the (rows, width) indexes stored there times the matching rows of step * q: nothing is decoded
+        bits = self.options["bits"]
+        per, mask = 8 // bits, (1 << bits) - 1
+        scores = (torch.from_numpy(self.centroids) @ query.T).index_select(0, torch.from_numpy(codes["codes"].astype(np.int64)))
+        scores += torch.from_numpy(self.weights[0]) @ query.T
+
+        # Rows of step * q for every packed value slot, zero for the padding slots of the last byte
+        slopes = torch.zeros((-(-self.dim // per) * per, query.shape[0]), dtype=torch.float32)
+        slopes[: self.dim] = torch.from_numpy(self.steps)[:, None] * query.T
+        slopes = [slopes[position::per].contiguous() for position in range(per)]
+
+        packed = torch.from_numpy(np.ascontiguousarray(codes["residuals"]))
+        for start in range(0, len(packed), BLOCK):
+            block, out = packed[start : start + BLOCK], scores[start : start + BLOCK]
+            for position, slope in enumerate(slopes):
+                out.addmm_(((block >> (position * bits)) & mask).float(), slope)
+
+        return scores
+
     def state(self):
         return {"centroids": self.centroids, "cutoffs": self.cutoffs, "weights": self.weights} if self.trained else {}
 
@@ -375,6 +447,13 @@ class Residual(Codec):
         indexes = self.unpack(np.arange(256, dtype=np.uint8)[:, None], per)
         columns = np.arange(width)[:, None] * per + np.arange(per)
         self.table = np.ascontiguousarray(weights[indexes[None], columns[:, None]].reshape(width * 256, per))
+
+        # Evenly spaced values (uniform buckets, or any two values): their step per dimension lets similarities() score codes
+        # without decoding them. Quantile values are not evenly spaced: they decode a block at a time.
+        steps = self.weights[1] - self.weights[0]
+        spaced = self.weights[0] + np.arange(len(self.weights), dtype=np.float32)[:, None] * steps
+        even = np.abs(spaced - self.weights).max() <= 1e-6 * max(1.0, float(np.abs(self.weights).max()))
+        self.steps = np.ascontiguousarray(steps) if even else None
 
     def assign(self, rows):
         """
@@ -515,6 +594,45 @@ class PQ(Codec):
         self.codebooks = state["codebooks"]
         self.quantizer = faiss.ProductQuantizer(self.dim, m, self.NBITS)
         faiss.copy_array_to_vector(self.codebooks.ravel(), self.quantizer.centroids)
+
+
+class Codes:
+    """
+    A gather of token codes from a codec that does not score its rows as stored (Codec.flat with decode False). maxsim_flat
+    scores it through the codec's similarities(), a block of rows at a time, instead of decoding the whole gather to float32.
+    """
+
+    def __init__(self, codec, codes):
+        """
+        Args:
+            codec: the Codec that wrote the codes
+            codes: {part name: array (n, *row shape)}
+        """
+
+        self.codec, self.codes = codec, codes
+        self.shape, self.ndim = (len(next(iter(codes.values()))), codec.dim), 2
+
+    def __len__(self):
+        return self.shape[0]
+
+    def similarities(self, query):
+        """
+        Args:
+            query: float32 (q, dim) tensor
+
+        Returns:
+            float32 (n, q) tensor of dot products
+        """
+
+        return self.codec.similarities(self.codes, query)
+
+    def decode(self):
+        """
+        Returns:
+            float32 (n, dim) decoded rows
+        """
+
+        return self.codec.decode(self.codes)
 
 
 # Codecs by name: adding one is a new class plus a line here

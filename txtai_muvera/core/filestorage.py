@@ -137,8 +137,8 @@ class FileStorage(Storage):
 
         return self.fdes.search(queries, limit, options.efsearch, options.nprobe)
 
-    def gather(self, ids):
-        return self.store.gather(ids)
+    def gather(self, ids, decode=True):
+        return self.store.gather(ids, decode)
 
     def count(self):
         return self.fdes.count() if self.fdes is not None else 0

@@ -64,7 +64,8 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
 
     Args:
         query: (q, d) array or tensor
-        tokens: (T, d) float32, float16 or int8 array or tensor, the rows of all documents one after another
+        tokens: (T, d) float32, float16 or int8 array or tensor, or a codecs.Codes block, the rows of all documents one after
+                another
         offsets: (n + 1,) int64 row boundaries, document i has rows offsets[i]:offsets[i + 1]
         scale: (T,) float32 per row scale for int8 tokens, None otherwise
         device: torch device to compute on, defaults to CPU
@@ -77,12 +78,13 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
     if offsets.ndim != 1 or not offsets.size:
         raise ValueError(f"offsets must be a non-empty 1-D array of row boundaries, got shape {offsets.shape}")
 
-    tokens, query = _tensor(tokens), _tensor(query).float()
+    # Codes blocks (Codec.flat with decode False) are scored by their codec, a block of rows at a time
+    tokens, query = tokens if hasattr(tokens, "similarities") else _tensor(tokens), _tensor(query).float()
     if query.ndim != 2 or tokens.ndim != 2 or query.shape[1] != tokens.shape[1]:
         raise ValueError(f"query must be (q, d) and tokens (T, d) with the same d, got {tuple(query.shape)} and {tuple(tokens.shape)}")
     if offsets[0] != 0 or offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
         raise ValueError(f"offsets must rise from 0 to the number of token rows ({tokens.shape[0]}), got {offsets[0]}..{offsets[-1]}")
-    if tokens.dtype == torch.int8 and scale is None:
+    if getattr(tokens, "dtype", None) == torch.int8 and scale is None:
         raise ValueError("int8 tokens need a per row float32 scale")
 
     if not torch.isfinite(query).all():
@@ -93,7 +95,8 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
         return np.where(lengths > 0, 0.0, EMPTY).astype(np.float32)
 
     if device is not None:
-        tokens, query = tokens.to(device), query.to(device)
+        query = query.to(device)
+        tokens = tokens if hasattr(tokens, "similarities") else tokens.to(device)
 
     # (T, q) similarities: int8 scale factors out of the dot product, so it is applied to the result rows
     scores = similarities(tokens, query)
@@ -134,15 +137,19 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
 def similarities(tokens, query):
     """
     Dot products of every token row with every query token. Rows stored as float16 or int8 are widened to float32 (exactly)
-    a block at a time, so each block is multiplied while it is still in cache instead of widening the whole gather first.
+    a block at a time, so each block is multiplied while it is still in cache instead of widening the whole gather first;
+    a Codes block is scored by its codec, likewise a block at a time, on the CPU.
 
     Args:
-        tokens: (T, d) tensor, float32, float16 or int8
+        tokens: (T, d) tensor, float32, float16 or int8, or a codecs.Codes block
         query: (q, d) float32 tensor
 
     Returns:
         (T, q) float32 tensor
     """
+
+    if hasattr(tokens, "similarities"):
+        return tokens.similarities(query.cpu()).to(query.device)
 
     if tokens.dtype == torch.float32:
         return tokens @ query.T

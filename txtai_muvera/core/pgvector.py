@@ -265,7 +265,7 @@ class PGVectorStorage(Storage):
 
         return scores, ids
 
-    def gather(self, ids):
+    def gather(self, ids, decode=True):
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         rows = getattr(self.local, "prefetched", {})
 
@@ -276,7 +276,7 @@ class PGVectorStorage(Storage):
             if absent:
                 raise KeyError(f"ids not stored: {absent[:10]}")
 
-        return self.decode([rows[uid] for uid in ids.tolist()])
+        return self.decode([rows[uid] for uid in ids.tolist()], decode)
 
     def count(self):
         if not self.ready:
@@ -683,16 +683,18 @@ class PGVectorStorage(Storage):
         ends = np.cumsum(lengths) * width
         return [data[end - length * width : end] for end, length in zip(ends.tolist(), lengths.tolist())]
 
-    def decode(self, rows):
+    def decode(self, rows, decode=True):
         """
         Decodes token bytes into the flat form of maxsim_flat, the whole block at once: float32 / float16 / int8 rows come back
-        as stored (int8 with its scales), other codecs decode to float32, as TokenStore.gather does.
+        as stored (int8 with its scales), other codecs decode to float32 or, with decode False, stay a codecs.Codes block, as
+        TokenStore.gather does.
 
         Args:
             rows: list of bytes
+            decode: decode codes that are not scored as stored
 
         Returns:
-            (tokens (T, dim), offsets (len + 1,) int64, scale (T,) float32 or None)
+            (tokens (T, dim) array or Codes, offsets (len + 1,) int64, scale (T,) float32 or None)
         """
 
         record = records(self.codec)
@@ -711,9 +713,10 @@ class PGVectorStorage(Storage):
 
         if not self.codec.native:
             # An index whose writes held no tokens has no trained state to decode with, and nothing to decode
-            return self.codec.decode(codes) if len(block) else np.zeros((0, self.dim), dtype=np.float32), offsets, None
+            tokens, scale = self.codec.flat(codes, decode) if len(block) else (np.zeros((0, self.dim), dtype=np.float32), None)
+            return tokens, offsets, scale
 
-        tokens, scale = codes["tokens"], codes.get("scale")
+        tokens, scale = self.codec.flat(codes)
         values = scale if scale is not None else tokens
         if not np.isfinite(values).all():
             raise ValueError(f"Stored tokens in table {self.qualified()} are NaN or infinite: the table is corrupt")

@@ -55,15 +55,17 @@ class Storage:
 
         raise NotImplementedError
 
-    def gather(self, ids):
+    def gather(self, ids, decode=True):
         """
-        Token matrices of stored ids in flat form, for maxsim_flat.
+        Token matrices of stored ids in flat form, for maxsim_flat (see TokenStore.gather).
 
         Args:
             ids: int64 ids, all stored
+            decode: decode codes that are not scored as stored; False returns them as a codecs.Codes block, which maxsim_flat
+                    scores without decoding every row first
 
         Returns:
-            (tokens (T, dim), offsets (len(ids) + 1,) int64, scale (T,) float32 or None)
+            (tokens (T, dim) array or Codes, offsets (len(ids) + 1,) int64, scale (T,) float32 or None)
         """
 
         raise NotImplementedError

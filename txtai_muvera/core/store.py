@@ -180,16 +180,18 @@ class TokenStore:
             self.lookup = self.directory = None
             self.sortlookup()
 
-    def gather(self, ids):
+    def gather(self, ids, decode=True):
         """
         Gathers documents in flat form, for maxsim_flat. float32 / float16 / int8 rows come back as stored; other codecs decode
-        the whole block to float32.
+        the whole block to float32, or with decode False come back as a codecs.Codes block that maxsim_flat scores without
+        decoding every row first (the search path).
 
         Args:
             ids: sequence of live ids
+            decode: decode codes that are not scored as stored
 
         Returns:
-            (tokens (T, dim), offsets (len(ids) + 1,) int64, scale (T,) float32 for int8, None otherwise)
+            (tokens (T, dim) array or Codes, offsets (len(ids) + 1,) int64, scale (T,) float32 for int8, None otherwise)
         """
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -203,14 +205,10 @@ class TokenStore:
 
         # Global row of every output row
         rows = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
-        codes = self.take(rows)
-
-        if not self.codec.native:
-            return self.codec.decode(codes), offsets, None
-
-        # Stored floats are not scanned here (a full pass over every gathered row on every search): values are checked when
+        # Stored values are not scanned here (a full pass over every gathered row on every search): values are checked when
         # added, files carry checksums, and maxsim_flat rejects NaN/inf in the similarities it computes, at 1/dim of the cost
-        return codes["tokens"], offsets, codes.get("scale")
+        tokens, scale = self.codec.flat(self.take(rows), decode)
+        return tokens, offsets, scale
 
     def get(self, uid):
         """

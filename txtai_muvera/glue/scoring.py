@@ -201,7 +201,7 @@ class MuveraScoring(Scoring):
             valid = uids >= 0
             row, uids = row[valid], uids[valid]
             if rerank and len(uids):
-                exact = maxsim_flat(tokens[x], *self.storage.gather(uids))
+                exact = maxsim_flat(tokens[x], *self.storage.gather(uids, decode=False))
                 order = topk(exact, limit)[0]
                 results.append([(int(uids[i]), positive(exact[i])) for i in order])
             else:
