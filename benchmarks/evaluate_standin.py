@@ -106,7 +106,7 @@ def fdemodes(embeddings, dataset, muvera, candidates=100):
     for uid, query, row in zip(dataset.queries, queries, ids):
         row = row[row >= 0]
         runs["muvera"][uid] = [docids[x] for x in row]
-        order, _ = topk(maxsim_flat(query, *store.gather(row)), len(row))
+        order, _ = topk(maxsim_flat(query, *store.gather(row, decode=False)), len(row))
         runs["rerank"][uid] = [docids[x] for x in row[order]]
 
     return runs

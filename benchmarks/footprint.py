@@ -343,7 +343,7 @@ def rerank(tokenstore, queries, candidates, timed):
 
     scores = []
     for query, ids in zip(queries, candidates):
-        tokens, offsets, scale = tokenstore.gather(ids)
+        tokens, offsets, scale = tokenstore.gather(ids, decode=False)
         scores.append(dict(zip(ids.tolist(), maxsim_flat(query, tokens, offsets, scale).tolist())))
 
     timings = {}
@@ -351,7 +351,7 @@ def rerank(tokenstore, queries, candidates, timed):
         times = []
         for query, ids in zip(queries, lists):
             start = time.perf_counter()
-            tokens, offsets, scale = tokenstore.gather(ids)
+            tokens, offsets, scale = tokenstore.gather(ids, decode=False)
             topk(maxsim_flat(query, tokens, offsets, scale), 10)
             times.append(time.perf_counter() - start)
         timings[depth] = 1000 * float(np.median(times))

@@ -148,7 +148,7 @@ def ours(args, documents, queries, sample):
     stage, qtokens, dtokens = [], [], []
     for x in range(len(sample)):
         start = time.perf_counter()
-        rows, offsets, scale = index.store.gather(candidates[x])
+        rows, offsets, scale = index.store.gather(candidates[x], decode=False)
         topk(maxsim_flat(tokens[x], rows, offsets, scale), LIMIT)
         stage.append(time.perf_counter() - start)
         qtokens.append(len(tokens[x]))

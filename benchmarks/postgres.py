@@ -114,7 +114,7 @@ def search(store, qfdes, qmatrices, limit=10, candidates=100):
         start = time.perf_counter()
         _, ids = store.search(fde[None], candidates, SearchOptions())
         ids = ids[0][ids[0] >= 0]
-        scores = maxsim_flat(matrix, *store.gather(ids))
+        scores = maxsim_flat(matrix, *store.gather(ids, decode=False))
         order = topk(scores, limit)[0]
         times.append((time.perf_counter() - start) * 1e3)
         rankings.append(ids[order])

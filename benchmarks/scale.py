@@ -18,6 +18,7 @@ Document i is a pure function of (seed, i), so the exact MaxSim top 10 of the re
 
     nohup nice -n 5 python benchmarks/scale.py --documents 1000000 > benchmarks/output/scale.log 2>&1 &
     python benchmarks/scale.py --path core --documents 1000000 --pool 2 --final 2048 --quantize sq8
+    python benchmarks/scale.py --documents 1000000 --ann ivf --encoded 0     # IVF over the sq8 FDEs, searched at each --nprobe
 
 Every phase writes a JSON line to benchmarks/output/scale-<documents>.jsonl (partial results survive a stopped run).
 """
@@ -294,7 +295,7 @@ def search(args, output, folder):
             clock = time.perf_counter()
             _, ids = fdes.search(encoder([query], "query"), candidates, efsearch=max(128, 2 * candidates))
             ids = ids[0][ids[0] >= 0]
-            tokens, offsets, scale = store.gather(ids)
+            tokens, offsets, scale = store.gather(ids, decode=False)
             topk(maxsim_flat(query, tokens, offsets, scale), 10)
             times.append(time.perf_counter() - clock)
             recall.append(len(top & set(ids.tolist())) / len(top))
@@ -342,7 +343,12 @@ def scoringconfig(args):
     MuveraScoring config of the scoring path.
     """
 
-    return {"method": "txtai_muvera.MuveraScoring", "path": args.checkpoint, "preset": args.preset, "vectors": {"device": "cpu"}}
+    config = {"method": "txtai_muvera.MuveraScoring", "path": args.checkpoint, "preset": args.preset, "vectors": {"device": "cpu"}}
+    if args.ann:
+        # The preset's FDE compression (sq8) is kept, only the index type changes
+        config["ann"] = {"index": args.ann}
+
+    return config
 
 
 def buildscoring(args, output, folder):
@@ -451,8 +457,10 @@ def searchscoring(args, output, folder):
     scoring.load(os.path.join(folder, "scoring"))
     load = time.perf_counter() - clock
 
-    for candidates in args.candidates:
-        options = SearchOptions(candidates=candidates)
+    # IVF indexes are searched at each --nprobe, other indexes once
+    probes = args.nprobe if scoring.storage.fdes.kind == "ivf" else [None]
+    for candidates, nprobe in ((c, n) for n in probes for c in args.candidates):
+        options = SearchOptions(candidates=candidates, nprobe=nprobe)
         found, kept, ratio, times = [], [], [], []
         for x, query in enumerate(queries):
             top, scores = set(exact["ids"][x]), exact["scores"][x]
@@ -471,7 +479,8 @@ def searchscoring(args, output, folder):
             # documents missed score like the ones found
             ratio.append(exactsum(generator, query, [uid for uid, _ in results]) / sum(scores) if len(results) == 10 else 0.0)
 
-        write(output, {"phase": "search", "path": "scoring", "candidates": candidates, "queries": len(queries), "load_s": round(load, 2),
+        write(output, {"phase": "search", "path": "scoring", "index": scoring.storage.fdes.kind, "nprobe": nprobe, "candidates": candidates,
+                       "queries": len(queries), "load_s": round(load, 2),
                        "recall_exact_top10_in_candidates": round(float(np.mean(found)), 4),
                        "recall_exact_top10_in_results": round(float(np.mean(kept)), 4),
                        "exact_score_ratio_top10": round(float(np.mean(ratio)), 5),
@@ -551,6 +560,8 @@ def main():
     parser.add_argument("--preset", default="compact", help="scoring path: index preset (default compact, the package default)")
     parser.add_argument("--checkpoint", default=CHECKPOINT, help="scoring path: model loaded (default the pylate-tiny fixture)")
     parser.add_argument("--encoded", type=int, default=10000, help="scoring path: real texts indexed with the encoder (0: skip)")
+    parser.add_argument("--ann", default=None, help="scoring path: FDE index type instead of the preset's (flat), e.g. ivf")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="scoring path: IVF lists probed per search")
     parser.add_argument("--documents", type=int, default=1000000)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--every", type=int, default=10, help="progress line every this many batches")
@@ -569,7 +580,7 @@ def main():
     args = parser.parse_args()
 
     SAMPLER.start()
-    name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.documents}"
+    name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.documents}" + (f"-{args.ann}" if args.ann else "")
     folder = args.folder or os.path.join(OUTPUT, name)
     output = os.path.join(OUTPUT, f"{name}.jsonl")
 
