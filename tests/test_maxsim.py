@@ -238,6 +238,10 @@ def test_nonfinite(value):
     with pytest.raises(ValueError, match="NaN or infinity"):
         maxsim([query], bad)
 
+    # Finite similarities whose sum overflows float32 are not mistaken for bad tokens
+    large = np.full((3, 4), 5e18, dtype=np.float32)
+    np.testing.assert_allclose(maxsim_flat(large[:2], large, np.array([0, 1, 3])), [1e38, 1e38], rtol=1e-5)
+
     # A bad query token
     badquery = query.copy()
     badquery[0, 0] = value

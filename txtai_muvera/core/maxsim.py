@@ -104,11 +104,13 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
         scores *= _tensor(scale).to(scores.device, torch.float32)[:, None]
 
     # A NaN or infinite token value (or scale) makes its row's dot products with a finite query NaN or infinite: checking the
-    # (T, q) similarities costs 1/d of the product and catches every such row
-    if not torch.isfinite(scores).all():
+    # (T, q) similarities costs 1/d of the product and catches every such row. Their sum (one pass) is finite whenever they all
+    # are; when it is not, the rows are looked for (a sum of large finite values can overflow: then none is found)
+    if not torch.isfinite(scores.sum()):
         rows = torch.nonzero(~torch.isfinite(scores).all(dim=1)).flatten().cpu().numpy()
-        documents = np.unique(np.searchsorted(offsets, rows, side="right") - 1)
-        raise ValueError(f"document tokens hold NaN or infinity: {len(documents)} documents, first positions {documents[:10].tolist()}")
+        if len(rows):
+            documents = np.unique(np.searchsorted(offsets, rows, side="right") - 1)
+            raise ValueError(f"document tokens hold NaN or infinity: {len(documents)} documents, first positions {documents[:10].tolist()}")
 
     # Segment max on CPU: numpy's reduceat over each document's contiguous columns of the (q, T) scores, about 10x faster
     # than scattering into a padded buffer. Documents without tokens have no columns: they keep EMPTY.
