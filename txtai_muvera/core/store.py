@@ -205,6 +205,7 @@ class TokenStore:
 
         # Global row of every output row
         rows = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+
         # Stored values are not scanned here (a full pass over every gathered row on every search): values are checked when
         # added, files carry checksums, and maxsim_flat rejects NaN/inf in the similarities it computes, at 1/dim of the cost
         tokens, scale = self.codec.flat(self.take(rows), decode)
