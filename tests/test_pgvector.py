@@ -793,20 +793,22 @@ def same(left, right):
         assert left == right or left == pytest.approx(right, abs=1e-6)
 
 
-def test_embeddings(database, pylate_checkpoint, tmp_path):
+@pytest.mark.parametrize("preset", ["exact", "compact"])
+def test_embeddings(database, pylate_checkpoint, tmp_path, preset):
     """
     `Embeddings(sparse={..., "backend": "pgvector", "pgvector": {"url": ...}}, content=<same database>)` through index, search,
-    upsert, delete, SQL, save and a reload in a fresh process equals the file engine.
+    upsert, delete, SQL, save and a reload in a fresh process equals the file engine: with float16 tokens, and with the default
+    preset's pooled 2-bit residual tokens, which search scores as codes in both engines.
     """
 
     import txtai_muvera  # noqa: F401 pylint: disable=C0415,W0611
     from txtai import Embeddings  # pylint: disable=C0415
 
-    files = lifecycle(Embeddings(sparse={"path": str(pylate_checkpoint), "backend": "faiss"}, content=True), tmp_path / "files")
+    files = lifecycle(Embeddings(sparse={"path": str(pylate_checkpoint), "preset": preset, "backend": "faiss"}, content=True), tmp_path / "files")
 
     # txtai's content database on psycopg 3 (SQLAlchemy's postgresql+psycopg); the engine accepts either driver name
     content = database.replace("+psycopg2://", "+psycopg://")
-    sparse = {"path": str(pylate_checkpoint), "backend": "pgvector", "pgvector": {"url": database}}
+    sparse = {"path": str(pylate_checkpoint), "preset": preset, "backend": "pgvector", "pgvector": {"url": database}}
     postgres = lifecycle(Embeddings(sparse=sparse, content=content), tmp_path / "postgres")
 
     same(postgres, files)
