@@ -457,10 +457,11 @@ def searchscoring(args, output, folder):
     scoring.load(os.path.join(folder, "scoring"))
     load = time.perf_counter() - clock
 
-    # IVF indexes are searched at each --nprobe, other indexes once
-    probes = args.nprobe if scoring.storage.fdes.kind == "ivf" else [None]
-    for candidates, nprobe in ((c, n) for n in probes for c in args.candidates):
-        options = SearchOptions(candidates=candidates, nprobe=nprobe)
+    # IVF indexes are searched at each --nprobe, HNSW at each --efsearch (none: the index's rule), flat indexes once
+    kind = scoring.storage.fdes.kind
+    depths = [(None, n) for n in args.nprobe] if kind == "ivf" else [(e, None) for e in args.efsearch or [None]] if kind == "hnsw" else [(None, None)]
+    for candidates, (efsearch, nprobe) in ((c, d) for d in depths for c in args.candidates):
+        options = SearchOptions(candidates=candidates, efsearch=efsearch, nprobe=nprobe)
         found, kept, ratio, times = [], [], [], []
         for x, query in enumerate(queries):
             top, scores = set(exact["ids"][x]), exact["scores"][x]
@@ -479,7 +480,7 @@ def searchscoring(args, output, folder):
             # documents missed score like the ones found
             ratio.append(exactsum(generator, query, [uid for uid, _ in results]) / sum(scores) if len(results) == 10 else 0.0)
 
-        write(output, {"phase": "search", "path": "scoring", "index": scoring.storage.fdes.kind, "nprobe": nprobe, "candidates": candidates,
+        write(output, {"phase": "search", "path": "scoring", "index": kind, "nprobe": nprobe, "efsearch": efsearch, "candidates": candidates,
                        "queries": len(queries), "load_s": round(load, 2),
                        "recall_exact_top10_in_candidates": round(float(np.mean(found)), 4),
                        "recall_exact_top10_in_results": round(float(np.mean(kept)), 4),
@@ -562,6 +563,7 @@ def main():
     parser.add_argument("--encoded", type=int, default=10000, help="scoring path: real texts indexed with the encoder (0: skip)")
     parser.add_argument("--ann", default=None, help="scoring path: FDE index type instead of the preset's (flat), e.g. ivf")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="scoring path: IVF lists probed per search")
+    parser.add_argument("--efsearch", type=int, nargs="+", default=None, help="scoring path: HNSW search depths (default the index's)")
     parser.add_argument("--documents", type=int, default=1000000)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--every", type=int, default=10, help="progress line every this many batches")
