@@ -5,8 +5,8 @@ Codecs module: how token rows are stored (plain floats, int8, residual or produc
 import numpy as np
 import torch
 
-# Token rows decoded and multiplied at a time when scoring codes (a block stays in cache between the two)
-BLOCK = 1024
+# Codes are decoded and multiplied a block of rows at a time, the block the MaxSim kernel widens float16 / int8 rows by
+from .maxsim import BLOCK
 
 
 class Codec:

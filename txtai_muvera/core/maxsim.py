@@ -78,13 +78,14 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
     if offsets.ndim != 1 or not offsets.size:
         raise ValueError(f"offsets must be a non-empty 1-D array of row boundaries, got shape {offsets.shape}")
 
-    # Codes blocks (Codec.flat with decode False) are scored by their codec, a block of rows at a time
-    tokens, query = tokens if hasattr(tokens, "similarities") else _tensor(tokens), _tensor(query).float()
+    # Codes blocks (Codec.flat with decode False) are scored by their codec, a block of rows at a time, on the CPU
+    codes = hasattr(tokens, "similarities")
+    tokens, query = tokens if codes else _tensor(tokens), _tensor(query).float()
     if query.ndim != 2 or tokens.ndim != 2 or query.shape[1] != tokens.shape[1]:
         raise ValueError(f"query must be (q, d) and tokens (T, d) with the same d, got {tuple(query.shape)} and {tuple(tokens.shape)}")
     if offsets[0] != 0 or offsets[-1] != tokens.shape[0] or np.any(np.diff(offsets) < 0):
         raise ValueError(f"offsets must rise from 0 to the number of token rows ({tokens.shape[0]}), got {offsets[0]}..{offsets[-1]}")
-    if getattr(tokens, "dtype", None) == torch.int8 and scale is None:
+    if not codes and tokens.dtype == torch.int8 and scale is None:
         raise ValueError("int8 tokens need a per row float32 scale")
 
     if not torch.isfinite(query).all():
@@ -96,7 +97,7 @@ def maxsim_flat(query, tokens, offsets, scale=None, device=None):
 
     if device is not None:
         query = query.to(device)
-        tokens = tokens if hasattr(tokens, "similarities") else tokens.to(device)
+        tokens = tokens if codes else tokens.to(device)
 
     # (T, q) similarities: int8 scale factors out of the dot product, so it is applied to the result rows
     scores = similarities(tokens, query)
