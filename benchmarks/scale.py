@@ -166,6 +166,29 @@ def write(output, line):
     sys.stdout.flush()
 
 
+def latency(times):
+    """
+    p50 / p95 of search times in seconds, as milliseconds for a JSON line.
+    """
+
+    return {"p50_ms": round(1000 * float(np.percentile(times, 50)), 1), "p95_ms": round(1000 * float(np.percentile(times, 95)), 1)}
+
+
+def sizes(folder):
+    """
+    Bytes on disk per part of a saved index folder: its fdes and tokens subfolders, "other" for files outside them.
+    """
+
+    totals = {}
+    for root, _, names in os.walk(folder):
+        part = os.path.relpath(root, folder).split(os.sep)[0]
+        part = part if part in ("fdes", "tokens") else "other"
+        for name in names:
+            totals[part] = totals.get(part, 0) + os.path.getsize(os.path.join(root, name))
+
+    return totals
+
+
 def settings(args):
     """
     Index settings from the arguments.
@@ -248,17 +271,17 @@ def build(args, output, folder):
     store.save(os.path.join(folder, "tokens"))
     save = time.perf_counter() - clock
 
+    saved = sizes(folder)
     np.save(os.path.join(folder, "queries.npy"), np.stack(queries))
     with open(os.path.join(folder, "exact.json"), "w", encoding="utf-8") as f:
         json.dump([x[1].tolist() for x in best], f)
 
-    sizes = {part: sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(os.path.join(folder, part)) for n in ns) for part in ("fdes", "tokens")}
     indexing = sum(v for k, v in timings.items() if k not in ("exact", "generate"))
     write(output, {"phase": "index", "documents": args.documents, "tokens": tokens, "tokens_per_doc": round(tokens / args.documents, 1),
                    "codec": codec, "pool": args.pool, "ann": fdes.config, "muvera": encoder.config,
                    "seconds": {k: round(v, 1) for k, v in timings.items()}, "save_s": round(save, 1),
-                   "docs_per_s": round(args.documents / indexing, 1), "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in sizes.items()},
-                   "bytes_per_doc_total": round(sum(sizes.values()) / args.documents, 1)})
+                   "docs_per_s": round(args.documents / indexing, 1), "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in saved.items()},
+                   "bytes_per_doc_total": round(sum(saved.values()) / args.documents, 1)})
 
 
 def search(args, output, folder):
@@ -301,8 +324,7 @@ def search(args, output, folder):
             recall.append(len(top & set(ids.tolist())) / len(top))
 
         write(output, {"phase": "search", "candidates": candidates, "rescore": rescore, "queries": len(queries), "load_s": round(load, 2),
-                       "recall_exact_top10": round(float(np.mean(recall)), 4), "p50_ms": round(1000 * float(np.percentile(times, 50)), 1),
-                       "p95_ms": round(1000 * float(np.percentile(times, 95)), 1)})
+                       "recall_exact_top10": round(float(np.mean(recall)), 4), **latency(times)})
 
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(ROOT)), "shared")
@@ -400,18 +422,14 @@ def buildscoring(args, output, folder):
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(scoring.config, f)
 
-    sizes = {}
-    for root, _, names in os.walk(os.path.join(folder, "scoring")):
-        for name in names:
-            part = "fdes" if "fdes" in root or name.startswith("fdes") else "tokens" if "tokens" in root or name.startswith("tokens") else "other"
-            sizes[part] = sizes.get(part, 0) + os.path.getsize(os.path.join(root, name))
+    saved = sizes(os.path.join(folder, "scoring"))
 
     write(output, {"phase": "index", "path": "scoring", "documents": args.documents, "tokens": synthetic.tokens,
                    "tokens_per_doc": round(synthetic.tokens / args.documents, 1), "generate_and_exact_s": round(synthetic.seconds, 1),
                    "insert_s": round(staged, 1), "commit_s": round(commit, 1), "save_s": round(save, 1),
                    "docs_per_s": round(args.documents / (staged + commit), 1),
-                   "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in sizes.items()},
-                   "bytes_per_doc_total": round(sum(sizes.values()) / args.documents, 1)})
+                   "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in saved.items()},
+                   "bytes_per_doc_total": round(sum(saved.values()) / args.documents, 1)})
 
 
 def staging(scoring):
@@ -484,8 +502,7 @@ def searchscoring(args, output, folder):
                        "queries": len(queries), "load_s": round(load, 2),
                        "recall_exact_top10_in_candidates": round(float(np.mean(found)), 4),
                        "recall_exact_top10_in_results": round(float(np.mean(kept)), 4),
-                       "exact_score_ratio_top10": round(float(np.mean(ratio)), 5),
-                       "p50_ms": round(1000 * float(np.percentile(times, 50)), 1), "p95_ms": round(1000 * float(np.percentile(times, 95)), 1)})
+                       "exact_score_ratio_top10": round(float(np.mean(ratio)), 5), **latency(times)})
 
 
 def exactsum(generator, query, ids):
