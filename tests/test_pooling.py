@@ -161,21 +161,22 @@ def test_errors():
 def reference(matrix, factor, protected, normalize=True):
     """
     Straightforward twin of the fast path: scipy's public linkage("ward") on 1 - dot distances (float64, every pair by einsum,
-    clipped at 0), fcluster "maxclust", then each cluster's mean in label order.
+    clipped at 0), fcluster "maxclust", then each cluster's mean in label order. Returns the pooled matrix, the labels and the
+    condensed distances (None, None when nothing is pooled).
     """
 
     head, rows = matrix[:protected], matrix[protected:].astype(np.float64)
     n = len(rows)
     clusters = max(n // factor, 1)
     if clusters >= n:
-        return matrix, None
+        return matrix, None, None
 
     distances = np.maximum(1.0 - np.einsum("id,jd->ij", rows, rows), 0.0)[np.triu_indices(n, k=1)]
     labels = fcluster(linkage(distances, method="ward"), t=clusters, criterion="maxclust") - 1
     means = np.array([rows[labels == label].mean(axis=0) for label in np.unique(labels)])
     if normalize:
         means /= np.linalg.norm(means, axis=1, keepdims=True)
-    return np.concatenate([head, means.astype(np.float32)]), labels
+    return np.concatenate([head, means.astype(np.float32)]), labels, distances
 
 
 def hard(rng, count, dim):
@@ -211,7 +212,7 @@ def test_reference(dim):
     rng = np.random.default_rng(dim)
     for x, matrix in enumerate(hard(rng, 140, dim)):
         factor, protected, normalize = 2 + x % 3, x % 2, x % 5 != 0
-        expected, labels = reference(matrix, factor, protected, normalize)
+        expected, labels, distances = reference(matrix, factor, protected, normalize)
         result = pool([matrix], factor, protected, normalize)[0]
 
         # Same clusters in the same order: the pooled rows match row for row
@@ -220,9 +221,8 @@ def test_reference(dim):
 
         # The compiled scipy routines give fcluster(linkage(...))'s labels, ties included
         if labels is not None:
-            rows = matrix[protected:].astype(np.float64)
-            distances = np.maximum(1.0 - np.einsum("id,jd->ij", rows, rows), 0.0)[np.triu_indices(len(rows), k=1)]
-            np.testing.assert_array_equal(pooling.wardlabels(distances, len(rows), max(len(rows) // factor, 1)), labels)
+            n = len(matrix) - protected
+            np.testing.assert_array_equal(pooling.wardlabels(distances, n, max(n // factor, 1)), labels)
 
 
 def test_public_scipy(monkeypatch):
