@@ -637,9 +637,9 @@ def finite(vectors, what, ids=None):
     """
 
     # A block of rows at a time: a whole-array mask would cost a byte per value (2 GB for a million 2,048-dim FDEs)
-    rows = []
-    for start in range(0, len(vectors), 65536):
-        rows.extend(start + np.flatnonzero(~np.isfinite(vectors[start : start + 65536]).all(axis=1)))
+    rows, block = [], 65536
+    for start in range(0, len(vectors), block):
+        rows.extend(start + np.flatnonzero(~np.isfinite(vectors[start : start + block]).all(axis=1)))
     if rows:
         rows = np.array(rows, dtype=np.int64)
         names = (ids[rows] if ids is not None else rows)[:10].tolist()
