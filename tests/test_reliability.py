@@ -308,9 +308,8 @@ def test_index_folders(checkpoint, other, tmp_path):
     path = saved(str(moved), tmp_path / "replaced")
     shutil.rmtree(moved)
     shutil.copytree(other, moved)
-    with pytest.raises(ImportError) as info:
+    with pytest.raises(ValueError, match="this index was built with"):
         Embeddings().load(path)
-    assert "this index was built with" in str(cause(info.value))
 
 
 def test_lower_layers():

@@ -1,10 +1,13 @@
 """
-Failed writes lose nothing: index, upsert and delete that raise leave the instance as it was, in the same process, on every
-storage engine (`engine` fixture: faiss files; pgvector with content in the same PostgreSQL)
+Failed writes lose nothing: index, upsert and delete that raise leave the instance as it was, in the same process, through
+txtai's own calls and through the `transaction` helpers, on every storage engine and content database (`store` fixture: faiss
+files or pgvector, each with SQLite or PostgreSQL content)
 """
 
+import os
 import sqlite3
 import threading
+import uuid
 
 from contextlib import contextmanager
 
@@ -16,6 +19,7 @@ from txtai import Embeddings
 from txtai_muvera import ColBERT, durable, transaction
 
 from checkpoints import build_pylate_checkpoint
+from conftest import Engine
 
 WORDS = "retrieval model query document token vector score search index music history science food travel weather sports".split()
 
@@ -32,6 +36,73 @@ def corpus(size, seed=0):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return build_pylate_checkpoint(tmp_path_factory.mktemp("colbert"), hidden=32, dim=16, document_length=16)
+
+
+class Store(Engine):
+    """
+    A storage engine and a content database: faiss or pgvector, with SQLite (content=True) or PostgreSQL content.
+    """
+
+    def __init__(self, name, content, url=None):
+        super().__init__("pgvector" if "pgvector" in (name, content) or content == "postgresql" else "faiss", url)
+        self.engine, self.content = name, content
+
+    def config(self, sparse, **kwargs):
+        sparse = {**sparse, "backend": self.engine}
+        if self.engine == "pgvector":
+            sparse["pgvector"] = {"url": self.database, "table": f"t_{uuid.uuid4().hex[:12]}"}
+        content = self.database.replace("+psycopg2://", "+psycopg://") if self.content == "postgresql" else True
+        return {"sparse": sparse, "content": content, **kwargs}
+
+
+@pytest.fixture(params=[("faiss", "sqlite"), ("faiss", "postgresql"), ("pgvector", "postgresql"), ("pgvector", "sqlite")], ids="-".join)
+def engine(request):
+    """
+    Storage engine and content database of a test; those that need PostgreSQL run against the server named by
+    TXTAI_MUVERA_PG_URL (skipped without it, except under CI).
+    """
+
+    name, content = request.param
+    url = None
+    if "postgresql" in request.param or name == "pgvector":
+        url = os.environ.get("TXTAI_MUVERA_PG_URL")
+        if not url:
+            if os.environ.get("CI"):
+                pytest.fail("CI must run the PostgreSQL write tests: .ci/run exports TXTAI_MUVERA_PG_URL")
+            pytest.skip("PostgreSQL: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
+
+    instance = Store(name, content, url)
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+class Plain:
+    """
+    txtai's own write calls (run as transactions once the package is registered).
+    """
+
+    @staticmethod
+    def index(embeddings, documents):
+        embeddings.index(documents)
+
+    @staticmethod
+    def upsert(embeddings, documents):
+        embeddings.upsert(documents)
+
+    @staticmethod
+    def delete(embeddings, ids):
+        return embeddings.delete(ids)
+
+
+@pytest.fixture(params=["plain", "helper"])
+def calls(request):
+    """
+    How a test writes: txtai's own calls, or the `transaction` helpers.
+    """
+
+    return Plain if request.param == "plain" else transaction
 
 
 # txtai's batch size: documents reach the database and the scoring index in batches of this size (1,024 by default; smaller
@@ -83,34 +154,23 @@ def documents(size, bad, seed=1, replace=50):
 
 
 @pytest.mark.parametrize("bad", [0, BATCH + 6, 5 * BATCH + 10])
-def test_failed_upsert(engine, checkpoint, bad):
+def test_failed_upsert(engine, checkpoint, bad, calls):
     embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
     with pytest.raises(TypeError, match="has int text"):
-        transaction.upsert(embeddings, documents(bad + 20, bad))
+        calls.upsert(embeddings, documents(bad + 20, bad))
 
     # Replaced and existing documents are all still there: same results, same scores, same content rows
     assert state(embeddings) == before
     aligned(embeddings, checkpoint)
 
     # Later writes line up: replaced ids are replaced, new ids are found under their own text
-    transaction.upsert(embeddings, [("d3", "science science token", None), ("late", "weather weather sports", None)])
+    calls.upsert(embeddings, [("d3", "science science token", None), ("late", "weather weather sports", None)])
     assert embeddings.count() == before[0] + 1
     assert embeddings.search("weather weather sports", 1)[0]["id"] == "late"
     assert embeddings.search("select text from txtai where id = 'd3'")[0]["text"] == "science science token"
     aligned(embeddings, checkpoint)
-
-
-def test_failed_upsert_plain(engine, checkpoint):
-    # Through txtai's own upsert the late-interaction index is untouched too (txtai's own database rows are not: see README)
-    embeddings = create(engine, checkpoint)
-    before = embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()
-
-    with pytest.raises(TypeError, match="has int text"):
-        embeddings.upsert(documents(3 * BATCH, 2 * BATCH + 5))
-
-    assert (embeddings.scoring.batchsearch(QUERIES, 10), embeddings.scoring.count()) == before
 
 
 class Failing:
@@ -187,25 +247,25 @@ def failcommit(storage, monkeypatch):
 
 
 @pytest.mark.parametrize("point", ["first", "later"])
-def test_failed_storage_write(engine, checkpoint, point, monkeypatch):
+def test_failed_storage_write(engine, checkpoint, point, monkeypatch, calls):
     embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
     # Inject a failure in the storage engine's write (see inject)
     inject(embeddings.scoring.storage, point, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
-        transaction.upsert(embeddings, documents(1100, 1099, replace=100)[:-1])
+        calls.upsert(embeddings, documents(1100, 1099, replace=100)[:-1])
 
     monkeypatch.undo()
     assert state(embeddings) == before
     aligned(embeddings, checkpoint)
 
-    transaction.upsert(embeddings, [("d7", "food food travel", None)])
+    calls.upsert(embeddings, [("d7", "food food travel", None)])
     assert embeddings.search("select text from txtai where id = 'd7'")[0]["text"] == "food food travel"
     aligned(embeddings, checkpoint)
 
 
-def test_failed_delete(engine, checkpoint, monkeypatch):
+def test_failed_delete(engine, checkpoint, monkeypatch, calls):
     embeddings = create(engine, checkpoint)
     before = state(embeddings)
 
@@ -217,36 +277,48 @@ def test_failed_delete(engine, checkpoint, monkeypatch):
         failcommit(storage, monkeypatch)
 
     with pytest.raises(OSError, match="injected|No space left"):
-        transaction.delete(embeddings, ["d1", "d2"])
+        calls.delete(embeddings, ["d1", "d2"])
 
     monkeypatch.undo()
     assert state(embeddings) == before
-    assert transaction.delete(embeddings, ["d1"]) == ["d1"] and embeddings.count() == before[0] - 1
+    assert calls.delete(embeddings, ["d1"]) == ["d1"] and embeddings.count() == before[0] - 1
+    assert state(embeddings)[0] == before[0] - 1
 
 
-def test_failed_index_keeps_loaded_instance(engine, checkpoint, tmp_path):
+def test_failed_index_keeps_loaded_instance(engine, checkpoint, tmp_path, calls):
     embeddings = create(engine, checkpoint, 200)
     durable.save(embeddings, tmp_path / "index")
     loaded = durable.load(tmp_path / "index")
     before = state(loaded)
 
-    # Through the helper the loaded index stays, searchable and savable
+    # The loaded index stays, searchable and savable
     with pytest.raises(TypeError, match="has float text"):
-        transaction.index(loaded, [("a", "music", None), ("b", {"text": 3.5}, None)])
+        calls.index(loaded, [("a", "music", None), ("b", {"text": 3.5}, None)])
     assert state(loaded) == before
 
-    # Through txtai's own index() the instance is emptied by txtai before the error, but it never raises AttributeError and
-    # refuses to save over the previous index
-    with pytest.raises(TypeError, match="has float text"):
-        loaded.index([("a", "music", None), ("b", {"text": 3.5}, None)])
-    assert loaded.scoring.batchsearch(QUERIES, 3) == [[], [], []]
-    with pytest.raises(ValueError, match="nothing to save"):
-        durable.save(loaded, tmp_path / "index")
-    assert durable.load(tmp_path / "index").count() == 200
+    # txtai's own save after the failed index writes the index as it was (200 documents, 200 content rows)
+    loaded.save(str(tmp_path / "plain"))
+    again = Embeddings()
+    again.load(str(tmp_path / "plain"))
+    assert state(again) == before
+    again.close()
 
-    # A successful helper index replaces it
-    transaction.index(loaded, [("x", "music history", None)])
+    # A successful index replaces it
+    calls.index(loaded, [("x", "music history", None)])
     assert loaded.count() == 1 and loaded.search("music", 1)[0]["id"] == "x"
+    assert len(loaded.search("select id from txtai limit 1000")) == 1
+
+
+def test_failed_first_index(engine, checkpoint, calls):
+    # An instance that never held an index stays empty: no content rows, no index, and the next index works
+    embeddings = Embeddings(engine.config({"path": checkpoint, "muvera": dict(MUVERA)}, batch=BATCH))
+    with pytest.raises(TypeError, match="has int text"):
+        calls.index(embeddings, documents(BATCH + 10, BATCH + 5, replace=0))
+    assert embeddings.count() == 0 and embeddings.database is None
+
+    calls.upsert(embeddings, [("a", "music history", None), ("b", "weather sports", None)])
+    assert embeddings.count() == 2 and embeddings.search("weather sports", 1)[0]["id"] == "b"
+    aligned(embeddings, checkpoint)
 
 
 def test_none_documents_long_call(engine, checkpoint):
@@ -266,28 +338,28 @@ def test_none_documents_long_call(engine, checkpoint):
     aligned(embeddings, checkpoint)
 
 
-def test_database_failure_does_not_hang(engine, checkpoint, monkeypatch):
+def test_database_failure_does_not_hang(engine, checkpoint, monkeypatch, calls):
     # A database error deep in a call larger than five batches raises promptly (no encoding thread to block) and the
     # helper restores everything
     embeddings = create(engine, checkpoint)
     before = state(embeddings)
-    original, calls = embeddings.database.insert, []
+    original, inserts = embeddings.database.insert, []
 
     def failing(batch, index=0):
-        calls.append(1)
-        if len(calls) == 3:
+        inserts.append(1)
+        if len(inserts) == 3:
             raise sqlite3.IntegrityError("injected")
         return original(batch, index)
 
     monkeypatch.setattr(embeddings.database, "insert", failing)
     errors = []
-    thread = threading.Thread(target=lambda: errors.append(pytest.raises(sqlite3.IntegrityError, transaction.upsert, embeddings, documents(6 * BATCH, 6 * BATCH - 1)[:-1])))
+    thread = threading.Thread(target=lambda: errors.append(pytest.raises(sqlite3.IntegrityError, calls.upsert, embeddings, documents(6 * BATCH, 6 * BATCH - 1)[:-1])))
     thread.start()
     thread.join(120)
     assert not thread.is_alive() and errors
 
     monkeypatch.setattr(embeddings.database, "insert", original)
     assert state(embeddings) == before
-    transaction.upsert(embeddings, [("d9", "history history", None)])
+    calls.upsert(embeddings, [("d9", "history history", None)])
     assert embeddings.search("select text from txtai where id = 'd9'")[0]["text"] == "history history"
     aligned(embeddings, checkpoint)
