@@ -16,6 +16,10 @@ class Storage:
     Engines never import txtai. The scoring class (glue) encodes text, assigns ids and re-ranks; an engine stores and finds.
     """
 
+    # True when the data lives in the saved folder; False for a database engine, whose table is the source of truth and may
+    # hold writes committed after the folder was saved
+    files = True
+
     def __init__(self, config, dimensions, dim):
         """
         Creates an engine.

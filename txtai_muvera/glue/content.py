@@ -20,11 +20,25 @@ class Client(TxtaiClient):
     terminated backend) opens a new session and, for reads, runs once more. txtai's own client keeps one connection for its
     whole life: after a restart every later call fails (`PendingRollbackError`) until the process restarts.
 
-    Reconnecting never drops work: the write transactions of late-interaction indexes (`transaction`) commit the content
-    session at the end of every successful write call, so nothing is pending when a connection is lost between calls, and a
-    call that loses it midway is rolled back whole. The new session has its own temporary tables (txtai's `batch` and `scores`
-    are per connection), which is why the whole session is rebuilt rather than the connection revalidated.
+    With a pgvector index in the same database, the write transactions of late-interaction indexes (`transaction`) commit the
+    content session at the end of every successful write call, so nothing is pending when a connection is lost between calls,
+    and a call that loses it midway is rolled back whole. With an index in files, content rows commit when the index is saved
+    (so both stay at the same point): a connection lost with writes since the last save lost those rows on the server, while
+    the index in memory still has them, so further writes and saves are refused until the index is reloaded. The new session
+    has its own temporary tables (txtai's `batch` and `scores` are per connection), which is why the whole session is rebuilt
+    rather than the connection revalidated.
     """
+
+    def __init__(self, config):
+        super().__init__(config)
+
+        # Writes since the last save not yet committed (index in files), and whether a lost connection took such writes
+        self.pending, self.broken = False, False
+
+    def save(self, path):
+        self.usable()
+        super().save(path)
+        self.pending = False
 
     def search(self, query, similarity=None, limit=None, parameters=None, indexids=False):
         return self.retry(super().search, query, similarity, limit, parameters, indexids)
@@ -62,6 +76,7 @@ class Client(TxtaiClient):
         earlier error is rolled back first).
         """
 
+        self.usable()
         if not self.connection:
             return
 
@@ -73,6 +88,7 @@ class Client(TxtaiClient):
             if not lost(error):
                 raise
             self.reconnect()
+            self.usable()
 
     def reconnect(self):
         """
@@ -88,6 +104,18 @@ class Client(TxtaiClient):
         if self.engine:
             self.engine.dispose()
         self.session()
+        self.broken, self.pending = self.broken or self.pending, False
+
+    def usable(self):
+        """
+        Refuses writes after a lost connection took uncommitted content rows with it.
+        """
+
+        if self.broken:
+            raise ConnectionError(
+                "The connection to the content database was lost with content rows written since the last save: the server "
+                "dropped them, while the index in memory still has them. Load the index again from its last save."
+            )
 
     @staticmethod
     def statement(text):

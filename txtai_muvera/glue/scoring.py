@@ -255,7 +255,9 @@ class MuveraScoring(Scoring):
 
         engine = storage.create(self.config["backend"], self.config, self.config["dimensions"], self.dim)
         engine.load(path)
-        if engine.count() != header["documents"]:
+
+        # A database engine is the source of truth: writes after the save (this process or others) are committed there
+        if engine.files and engine.count() != header["documents"]:
             raise ValueError(f"Index at {path} is inconsistent: header says {header['documents']} documents, storage has {engine.count()}")
 
         self.storage = engine

@@ -81,7 +81,8 @@ def index(embeddings, documents, **kwargs):
         try:
             with joined(fresh):
                 fresh.index(documents, **kwargs)
-            commit(fresh.database)
+            if pgconfig(fresh.config):
+                commit(fresh.database)
         except BaseException:
             fresh.close()
             raise
@@ -162,11 +163,17 @@ def transaction(embeddings):
             f"Transactions need txtai's SQLite or client (SQLAlchemy) content database, this instance uses {type(database).__name__}"
         )
 
+    # Content in the same database as a pgvector index commits with every write call: the server is the source of truth. With
+    # an index in files, content rows commit when the index is saved (txtai's own rule), so both stay at the same point
+    durable = session is not None and pgconfig(embeddings.config)
+
     with inside():
-        if session is not None:
+        if durable:
             # Earlier work settled and the connection alive, so that the block is a transaction of its own
             ready(database)
             align(embeddings)
+        elif session is not None and hasattr(database, "ping"):
+            database.ping()
 
         # Apply deletes staged by earlier calls, so the rollback below undoes exactly this block
         scoring = embeddings.scoring if hasattr(embeddings.scoring, "rollback") else None
@@ -177,8 +184,11 @@ def transaction(embeddings):
         ids = copy.copy(embeddings.ids) if getattr(embeddings, "ids", None) is not None else None
         name = f"txtai_muvera_{uuid.uuid4().hex}"
 
-        cursor = None
-        if session is None and database is not None and database.connection is not None:
+        cursor, nested = None, None
+        if session is not None and not durable:
+            # SAVEPOINT inside the session's transaction (begun here when none is open); pending ORM rows are flushed first
+            nested = session.begin_nested()
+        elif session is None and database is not None and database.connection is not None:
             cursor = database.connection.cursor()
 
             # An explicit transaction first: releasing an outermost savepoint would commit into the database file
@@ -189,11 +199,16 @@ def transaction(embeddings):
         try:
             with joined(embeddings):
                 yield
-            if session is not None:
+            if durable:
                 commit(database)
+            elif nested is not None and nested.is_active:
+                nested.commit()
+                database.pending = True
         except BaseException:
-            if session is not None:
+            if durable:
                 rollback(database)
+            elif nested is not None and nested.is_active:
+                nested.rollback()
             if cursor is not None:
                 cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 cursor.execute(f"RELEASE SAVEPOINT {name}")
@@ -290,9 +305,7 @@ def joined(embeddings):
         context manager
     """
 
-    config = embeddings.config or {}
-    content, scoring = config.get("content"), config.get("scoring") or config.get("sparse")
-    if not (isinstance(content, str) and "://" in content and isinstance(scoring, dict) and scoring.get("backend") == "pgvector"):
+    if not pgconfig(embeddings.config):
         return nullcontext()
 
     # pylint: disable=C0415
@@ -302,6 +315,20 @@ def joined(embeddings):
         return nullcontext()
 
     return pgvector.joined(lambda: driverconnection(embeddings.database))
+
+
+def pgconfig(config):
+    """
+    Args:
+        config: Embeddings config or None
+
+    Returns:
+        True if the instance keeps content on a database server and its late-interaction index in pgvector
+    """
+
+    config = config or {}
+    content, scoring = config.get("content"), config.get("scoring") or config.get("sparse")
+    return isinstance(content, str) and "://" in content and isinstance(scoring, dict) and scoring.get("backend") == "pgvector"
 
 
 def driverconnection(database):
