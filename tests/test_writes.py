@@ -55,14 +55,26 @@ class Store(Engine):
         return {"sparse": sparse, "content": content, **kwargs}
 
 
-@pytest.fixture(params=[("faiss", "sqlite"), ("faiss", "postgresql"), ("pgvector", "postgresql"), ("pgvector", "sqlite")], ids="-".join)
+# Storage engine, content database and write calls of each run: txtai's own calls on every combination, the helpers (the same
+# functions, called directly) on the two usual ones
+SETUPS = [
+    ("faiss", "sqlite", "plain"),
+    ("faiss", "postgresql", "plain"),
+    ("pgvector", "postgresql", "plain"),
+    ("pgvector", "sqlite", "plain"),
+    ("faiss", "sqlite", "helper"),
+    ("pgvector", "postgresql", "helper"),
+]
+
+
+@pytest.fixture(params=SETUPS, ids="-".join)
 def engine(request):
     """
     Storage engine and content database of a test; those that need PostgreSQL run against the server named by
     TXTAI_MUVERA_PG_URL (skipped without it, except under CI).
     """
 
-    name, content = request.param
+    name, content, calls = request.param
     url = None
     if "postgresql" in request.param or name == "pgvector":
         url = os.environ.get("TXTAI_MUVERA_PG_URL")
@@ -72,6 +84,7 @@ def engine(request):
             pytest.skip("PostgreSQL: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
 
     instance = Store(name, content, url)
+    instance.calls = Plain if calls == "plain" else transaction
     try:
         yield instance
     finally:
@@ -96,13 +109,13 @@ class Plain:
         return embeddings.delete(ids)
 
 
-@pytest.fixture(params=["plain", "helper"])
-def calls(request):
+@pytest.fixture
+def calls(engine):
     """
     How a test writes: txtai's own calls, or the `transaction` helpers.
     """
 
-    return Plain if request.param == "plain" else transaction
+    return engine.calls
 
 
 # txtai's batch size: documents reach the database and the scoring index in batches of this size (1,024 by default; smaller
