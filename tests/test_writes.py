@@ -123,8 +123,8 @@ def calls(engine):
 BATCH = 128
 
 
-def create(engine, checkpoint, documents=300):
-    embeddings = Embeddings(engine.config({"path": checkpoint, "muvera": dict(MUVERA), "candidates": 1000}, batch=BATCH))
+def create(engine, checkpoint, documents=300, **settings):
+    embeddings = Embeddings(engine.config({"path": checkpoint, "muvera": dict(MUVERA), "candidates": 1000, **settings}, batch=BATCH))
     embeddings.index([(f"d{i}", text, None) for i, text in enumerate(corpus(documents))])
     return embeddings
 
@@ -276,6 +276,32 @@ def test_failed_storage_write(engine, checkpoint, point, monkeypatch, calls):
     calls.upsert(embeddings, [("d7", "food food travel", None)])
     assert embeddings.search("select text from txtai where id = 'd7'")[0]["text"] == "food food travel"
     aligned(embeddings, checkpoint)
+
+
+def test_failed_codec(engine, checkpoint, monkeypatch, calls):
+    # Residual tokens: the trained codec fails encoding the second chunk of a write (after the first chunk's rows are in)
+    embeddings = create(engine, checkpoint, tokens="residual")
+    before = state(embeddings)
+
+    storage = embeddings.scoring.storage
+    codec = storage.store.codec if hasattr(storage, "store") else storage.codec
+    original, encodes = codec.encode, []
+
+    def failing(rows):
+        encodes.append(1)
+        if len(encodes) > 1:
+            raise MemoryError("injected")
+        return original(rows)
+
+    monkeypatch.setattr(codec, "encode", failing)
+    with pytest.raises(MemoryError, match="injected"):
+        calls.upsert(embeddings, documents(1100, 1099, replace=100)[:-1])
+
+    monkeypatch.undo()
+    assert state(embeddings) == before
+    calls.upsert(embeddings, [("d5", "travel travel weather", None)])
+    assert embeddings.search("select text from txtai where id = 'd5'")[0]["text"] == "travel travel weather"
+    assert embeddings.count() == before[0]
 
 
 def test_failed_delete(engine, checkpoint, monkeypatch, calls):
