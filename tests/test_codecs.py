@@ -289,3 +289,24 @@ def test_drift():
     decoded = codec.decode(codec.encode(other))
     assert np.isfinite(decoded).all() and decoded.shape == other.shape
     assert cosine(decoded, other) < cosine(codec.decode(codec.encode(same)), same)
+
+
+def test_trusted():
+    # Fixed codecs learn nothing; trained codecs are trusted from `enough` training rows on (residual: codecs.RESIDUAL)
+    assert all(codecs.create(name, DIM).trusted for name in ("float32", "float16", "int8"))
+    assert codecs.Residual.enough == codecs.RESIDUAL == 624 and codecs.PQ.enough == 9984
+
+    small, large = trained("residual", rows=codecs.RESIDUAL - 1), trained("residual", rows=codecs.RESIDUAL)
+    assert not small.trusted and small.sample == codecs.RESIDUAL - 1 and large.trusted and large.sample == codecs.RESIDUAL
+
+    # The untrusted state's row count goes with its config and comes back with it; trusted configs carry no count, and configs
+    # without one (older indexes) are trusted
+    config = json.loads(json.dumps(small.config))
+    assert config["sample"] == codecs.RESIDUAL - 1 and "sample" not in large.config
+    assert not codecs.fromconfig(config, DIM).trusted and codecs.fromconfig(large.config, DIM).trusted
+    assert codecs.fromconfig({key: value for key, value in config.items() if key != "sample"}, DIM).trusted
+    assert not trained("pq", rows=2000, m=4).trusted
+
+    for value in (0, 2.5, True, "10"):
+        with pytest.raises(ValueError, match=f"Codec config sample must be a positive integer \\(training rows\\) or absent, got {value!r}"):
+            codecs.fromconfig({**config, "sample": value}, DIM)

@@ -333,14 +333,15 @@ def test_codecs(tmp_path):
     np.testing.assert_array_equal(np.sort(source.sample(10**6), axis=0), np.sort(np.concatenate([source.get(x) for x in source.ids]), axis=0))
 
     target = TokenStore.transcode(source, "pq", sample=500, m=2)
-    assert target.spill and target.trained and target.codec.config == {"name": "pq", "m": 2}
+    # 484 rows are fewer than PQ's 9,984: the config carries the sample count that marks the state untrusted
+    assert target.spill and target.trained and target.codec.config == {"name": "pq", "m": 2, "sample": 484} and not target.codec.trusted
     assert target.ids.tolist() == source.ids.tolist()
     for uid in target.ids:
         np.testing.assert_array_equal(target.get(uid), target.codec.decode(target.codec.encode(source.get(uid))))
 
     target.save(tmp_path / "pq")
     header = json.loads((tmp_path / "pq" / "header.json").read_text())
-    assert header["version"] == 2 and header["codec"] == {"name": "pq", "m": 2} and header["state"] == ["codebooks"]
+    assert header["version"] == 2 and header["codec"] == {"name": "pq", "m": 2, "sample": 484} and header["state"] == ["codebooks"]
     assert sorted(header["checksums"]) == ["codec-codebooks.npy", "codes.npy", "ids.npy", "offsets.npy"]
 
     # Fixed codecs transcode without training

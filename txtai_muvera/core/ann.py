@@ -185,6 +185,45 @@ class FDEIndex:
             self.backend.remove_ids(faiss.IDSelectorArray(ids) if self.kind == "ivf" else faiss.IDSelectorBatch(ids))
             self.known = np.delete(known, np.searchsorted(known, found))
 
+    def snapshot(self):
+        """
+        The state that add and delete change, for restore. Taking one copies no vectors.
+
+        Returns:
+            opaque tuple for restore
+        """
+
+        ntotal = 0 if self.backend is None else int(self.backend.ntotal)
+        return (self.backend, self.kind, self.trained, self.deleted, self.known, dict(self.ivf), ntotal)
+
+    def restore(self, snapshot, ids):
+        """
+        Undoes the adds of ids since snapshot was taken, so that the index holds, orders and finds exactly what it did then.
+
+        A backend built since (first add, PQ rebuild) is dropped for the one held then, which a build never changes. Vectors
+        added to the same backend are removed: flat codes shift down over removed rows and IVF lists drop their last entries, so
+        every older vector keeps its place and search results stay identical. An HNSW graph cannot drop nodes and links them
+        into older nodes' neighbour lists, so callers delete from HNSW before adding (deletes are tombstones, undone here) and
+        add last; vectors that a failed HNSW add left in the graph are tombstoned. A flat or IVF delete since the snapshot is
+        not undone: callers delete last there.
+
+        Args:
+            snapshot: from snapshot()
+            ids: int64 ids added since the snapshot (those the index holds are removed)
+        """
+
+        backend, kind, trained, deleted, known, ivf, ntotal = snapshot
+        if self.backend is backend and backend is not None and int(backend.ntotal) > ntotal:
+            added = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+            self.known = None
+            added = added[self.contains(added)]
+            if kind == "hnsw":
+                deleted, known = np.union1d(deleted, added), None
+            else:
+                self.backend.remove_ids(faiss.IDSelectorArray(added) if kind == "ivf" else faiss.IDSelectorBatch(added))
+
+        self.backend, self.kind, self.trained, self.deleted, self.known, self.ivf, self.lookup = backend, kind, trained, deleted, known, ivf, None
+
     def search(self, queries, limit, efsearch=None, nprobe=None):
         """
         Searches for the best inner product matches.

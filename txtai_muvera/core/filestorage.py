@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from . import codecs as codecmodule
 from .ann import FDEIndex
 from .staged import Staged
 from .storage import Storage
@@ -22,6 +23,9 @@ class FileStorage(Storage):
 
     Settings read from the scoring config: `ann` (FDEIndex options), `tokens` (token codec name) and the codec's options in the
     sub-dict named after it (e.g. `residual: {nbits: 2}`).
+
+    A codec that needs training learns from the first write with tokens. When that sample was too small (codecs.Codec.trusted),
+    the write after which the index holds enough tokens trains a new codec on all of them and re-encodes the stored documents.
     """
 
     def __init__(self, config, dimensions, dim):
@@ -33,33 +37,34 @@ class FileStorage(Storage):
             self.build(batches)
             return
 
-        # Tokens first, then all FDEs in one faiss call, deletes last: nothing old is removed until every new row is in, and
-        # a failure removes the token rows it added (faiss HNSW cannot remove ids, so FDEs are never added and rolled back)
         staged = batches if isinstance(batches, Staged) else self.stage(batches)
-        added = []
-        try:
-            self.train(self.store, staged)
-            for ids, _, matrices in staged:
-                self.store.add(ids, matrices)
-                added.append(ids)
-            if len(staged):
-                self.fdes.add(staged.ids, staged.vectors())
-        except BaseException:
-            if added:
-                self.store.delete(np.concatenate(added))
-            raise
-
         deletes = np.asarray(deletes, dtype=np.int64).reshape(-1)
         deletes = deletes[np.isin(deletes, self.store.ids)] if len(deletes) else deletes
-        if len(deletes):
-            # Token rows are kept aside so that a failure in the FDE index puts them back
-            tokens, offsets, _ = self.store.gather(deletes)
-            self.store.delete(deletes)
-            try:
+
+        # Every step is undone exactly on failure, nothing is re-encoded: token store adds and deletes only change its document
+        # arrays (snapshot / restore), a codec trained by this write lives in a new store that replaces the current one at the
+        # end, and the FDE index undoes its adds (FDEIndex.restore). Its last step is never undone: deletes on flat and IVF
+        # indexes (removed vectors cannot be put back in place), adds on HNSW (new nodes change older nodes' links)
+        tokens, fdes = self.store.snapshot(), self.fdes.snapshot()
+        try:
+            store = self.prepare(staged, deletes)
+            for ids, _, matrices in staged:
+                store.add(ids, matrices)
+            store.delete(deletes)
+
+            hnsw = self.fdes.kind == "hnsw"
+            if hnsw and len(deletes):
                 self.fdes.delete(deletes)
-            except BaseException:
-                self.store.add(deletes, np.split(np.asarray(tokens, dtype=np.float32), offsets[1:-1]))
-                raise
+            if len(staged):
+                self.fdes.add(staged.ids, staged.vectors())
+            if not hnsw and len(deletes):
+                self.fdes.delete(deletes)
+        except BaseException:
+            self.store.restore(tokens)
+            self.fdes.restore(fdes, staged.ids)
+            raise
+
+        self.store = store
 
     def build(self, batches):
         """
@@ -77,7 +82,8 @@ class FileStorage(Storage):
             store = staged.store
         else:
             store = TokenStore(self.dim, codec, **options)
-            self.train(store, staged)
+            if not store.trained and staged.store.tokens:
+                store.train(staged.sample(SAMPLE))
             for ids, _, matrices in staged:
                 store.add(ids, matrices)
 
@@ -89,18 +95,43 @@ class FileStorage(Storage):
         self.fdes, self.store = fdes, store
         self.config["ann"] = fdes.config
 
-    def train(self, store, staged):
+    def prepare(self, staged, deletes):
         """
-        Trains a store's codec on a sample of staged tokens, when the codec needs training and has not been trained. An index
-        built empty trains on its first documents; after that the codec is kept (see the README).
+        The token store a write adds to. That is the current store, unless its codec needs training and this write brings the
+        first tokens (an index built without any), or its codec learned from too few rows (codecs.Codec.trusted) and the index
+        holds `codec.enough` tokens after this write: then a new codec learns from a sample of every token the index will hold
+        (kept documents decoded from the store, few by definition, plus this write's) and a new store holds the kept documents
+        re-encoded with it. The current store is never changed here.
 
         Args:
-            store: TokenStore
-            staged: Staged
+            staged: Staged write
+            deletes: int64 ids this write deletes, all stored
+
+        Returns:
+            TokenStore
         """
 
-        if not getattr(store, "trained", True) and staged.store.tokens:
-            store.train(staged.sample(getattr(store, "samples", SAMPLE)))
+        current = self.store.codec
+        if (current.trained and current.trusted) or not staged.store.tokens:
+            return self.store
+
+        # Tokens the index holds after this write
+        kept = self.store.ids
+        kept = kept[~np.isin(kept, deletes)]
+        stored = int(self.store.counts(kept).sum())
+        total = stored + staged.store.tokens
+        if current.trained and total < current.enough:
+            return self.store
+
+        # Rows drawn from the kept documents (decoded) and this write's in proportion to their tokens
+        share = stored if total <= SAMPLE else round(SAMPLE * stored / total)
+        sample = np.concatenate([self.store.sample(share, seed=0, ids=kept), staged.sample(min(SAMPLE, total) - share)])
+
+        # A fresh codec from the configured options: a trained one has resolved them for its sample (e.g. residual centroids)
+        name, options = self.codec()
+        codec = codecmodule.create(current.name, self.dim, **(options if name == current.name else {}))
+        codec.train(sample)
+        return TokenStore.transcode(self.store, codec)
 
     def stage(self, batches):
         """

@@ -32,8 +32,9 @@ class TokenStore:
     doubling. Each live document has a global start row and a length, so gathering any set of documents is one vectorised index
     operation. Deleting only drops the bookkeeping; dead rows are reclaimed when the store is saved.
 
-    Trained codecs (residual, pq) must be trained before the first add (`train`, or `transcode` from another store); the trained
-    state is kept for every later add, so stored codes never change (see codecs.Residual).
+    Trained codecs (residual, pq) must be trained before the first add of tokens (`train`, or `transcode` from another store);
+    the trained state is kept for every later add, so stored codes never change (see codecs.Residual). Documents without tokens
+    can be added before.
     """
 
     def __init__(self, dim, codec="float16", spill=False, dtype=None, **options):
@@ -134,9 +135,6 @@ class TokenStore:
         unique, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(f"Duplicate ids in batch: {unique[counts > 1][:10].tolist()}")
-        if not self.trained:
-            raise RuntimeError(f"Token codec {self.codec.name!r} is not trained: call train(sample) first, or build with TokenStore.transcode")
-
         live = ids[self.positions(ids) >= 0]
         if len(live):
             raise ValueError(f"Ids already in the token store: {live[:10].tolist()}")
@@ -157,8 +155,12 @@ class TokenStore:
             owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(bad), side="right")]
             raise ValueError(f"Token matrices of ids {np.unique(owners)[:10].tolist()} contain NaN or infinite values: token values must be finite")
 
+        # Documents without tokens need no codec: an untrained store holds them until its first tokens train it
+        if not self.trained and len(rows):
+            raise RuntimeError(f"Token codec {self.codec.name!r} is not trained: call train(sample) first, or build with TokenStore.transcode")
+
         # Finite float32 values beyond float16's range would be stored as inf
-        codes = self.codec.encode(rows)
+        codes = self.codec.encode(rows) if self.trained else self.empty()
         tokens = codes.get("tokens")
         if tokens is not None and tokens.dtype == np.float16 and not np.isfinite(tokens).all():
             owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(~np.isfinite(tokens).all(axis=1)), side="right")]
@@ -194,11 +196,7 @@ class TokenStore:
             (tokens (T, dim) array or Codes, offsets (len(ids) + 1,) int64, scale (T,) float32 for int8, None otherwise)
         """
 
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        positions = self.positions(ids)
-        if np.any(positions < 0):
-            raise KeyError(f"Ids not in the token store: {ids[positions < 0][:10].tolist()}")
-
+        positions = self.locate(ids)
         starts, lengths = self.starts[positions], self.lengths[positions]
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -208,7 +206,8 @@ class TokenStore:
 
         # Stored values are not scanned here (a full pass over every gathered row on every search): values are checked when
         # added, files carry checksums, and maxsim_flat rejects NaN/inf in the similarities it computes, at 1/dim of the cost
-        tokens, scale = self.codec.flat(self.take(rows), decode)
+        # An untrained store holds documents without tokens only
+        tokens, scale = self.codec.flat(self.take(rows), decode) if self.trained else (np.zeros((0, self.dim), np.float32), None)
         return tokens, offsets, scale
 
     def get(self, uid):
@@ -226,28 +225,66 @@ class TokenStore:
         tokens = tokens.astype(np.float32)
         return tokens * scale[:, None] if scale is not None else tokens
 
-    def sample(self, count, seed=42):
+    def sample(self, count, seed=42, ids=None):
         """
         Draws token rows uniformly from the live documents, decoded to float32: the training sample for a codec.
 
         Args:
-            count: rows wanted (all live rows when fewer)
+            count: rows wanted (all rows of the documents when fewer)
             seed: random seed
+            ids: live ids to draw from, all live documents when None
 
         Returns:
             float32 (min(count, tokens), dim)
         """
 
-        total = self.tokens
+        # An untrained store holds documents without tokens only
+        if not self.trained:
+            return np.zeros((0, self.dim), dtype=np.float32)
+
+        positions = slice(None) if ids is None else self.locate(ids)
+        starts, lengths = self.starts[positions], self.lengths[positions]
+        total = int(lengths.sum())
         picks = np.sort(np.random.default_rng(seed).choice(total, size=min(int(count), total), replace=False))
 
-        # Live row number -> document -> global row, all vectorised
-        ends = np.cumsum(self.lengths)
+        # Row number among the documents' rows -> document -> global row, all vectorised
+        ends = np.cumsum(lengths)
         documents = np.searchsorted(ends, picks, side="right")
-        rows = self.starts[documents] + picks - (ends[documents] - self.lengths[documents])
+        rows = starts[documents] + picks - (ends[documents] - lengths[documents])
 
         codes = self.take(rows)
         return self.codec.decode(codes).astype(np.float32, copy=False)
+
+    def counts(self, ids):
+        """
+        Token rows of each id.
+
+        Args:
+            ids: sequence of live ids
+
+        Returns:
+            int64 array shaped like ids
+        """
+
+        return self.lengths[self.locate(ids)]
+
+    def locate(self, ids):
+        """
+        Positions of live ids among the documents, raising a KeyError that names the ids that are not live.
+
+        Args:
+            ids: sequence of int
+
+        Returns:
+            int64 positions
+        """
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        positions = self.positions(ids)
+        if np.any(positions < 0):
+            raise KeyError(f"Ids not in the token store: {ids[positions < 0][:10].tolist()}")
+
+        return positions
 
     @classmethod
     def transcode(cls, source, codec="residual", sample=65536, seed=42, spill=None, **options):
@@ -298,6 +335,29 @@ class TokenStore:
             self.docids, self.starts, self.lengths = self.docids[keep], self.starts[keep], self.lengths[keep]
             if self.lookup is not None:
                 self.sortlookup()
+
+    def snapshot(self):
+        """
+        The state that add and delete change, for restore: they write new rows past the tail's size and replace the document
+        arrays, never changing a row or an array that a snapshot refers to. Taking one copies nothing.
+
+        Returns:
+            opaque tuple for restore
+        """
+
+        return (self.tail, self.spillfiles, self.size, self.docids, self.starts, self.lengths, self.lookup, self.directory)
+
+    def restore(self, snapshot):
+        """
+        Puts the store back exactly as it was when snapshot was taken, undoing every add and delete since: rows added since stay
+        in the tail past its size, to be overwritten by the next add. Codes are never re-encoded. A store trained or saved since
+        the snapshot cannot be restored.
+
+        Args:
+            snapshot: from snapshot()
+        """
+
+        self.tail, self.spillfiles, self.size, self.docids, self.starts, self.lengths, self.lookup, self.directory = snapshot
 
     def __contains__(self, uid):
         try:
@@ -375,7 +435,9 @@ class TokenStore:
                     positions = self.positions(ids[start : start + CHUNK])
                     lengths = self.lengths[positions]
                     rows = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(self.starts[positions] - (np.cumsum(lengths) - lengths), lengths)
-                    for name, array in self.take(rows).items():
+
+                    # A chunk of documents without tokens writes nothing (a memoryview of no bytes cannot be cast)
+                    for name, array in self.take(rows).items() if len(rows) else ():
                         handles[name].write(memoryview(np.ascontiguousarray(array, dtype=parts[name][0])).cast("B"))
             finally:
                 for handle in handles.values():
@@ -472,7 +534,7 @@ class TokenStore:
 
         if header.get("state"):
             codec.restore({name: readarray(os.path.join(path, f"codec-{name}.npy"), None, "float32", False) for name in header["state"]})
-        elif not codec.trained:
+        elif not codec.trained and count:
             raise ValueError(f"Token store {path} uses codec {codec.name!r} but holds no trained state")
 
         parts = {name: readarray(os.path.join(path, f"{name}.npy"), (count,) + shape, dtype, mmap) for name, (dtype, shape) in codec.parts().items()}
