@@ -255,3 +255,171 @@ def test_dead_pending_save_removed(tmp_path):
 
     files.restore(str(tmp_path / "index"))
     assert sorted(os.listdir(tmp_path)) == ["index"]
+
+
+# Lock holder child: takes the index's lock (exclusive or shared), says so, then stops itself (SIGSTOP) while holding it
+HOLDER = """
+import os, signal, sys
+from txtai_muvera.core import files
+with files.locked(sys.argv[1], shared=sys.argv[2] == "shared", timeout=0):
+    print("held", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def bounded(function, seconds=60):
+    """
+    Runs function in a thread and waits at most seconds for it (a lock wait that never ends fails the test instead of hanging
+    it); returns its result, or raises what it raised.
+    """
+
+    import threading  # pylint: disable=C0415
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:  # pylint: disable=W0718
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("holder", ["exclusive", "shared"])
+def test_stopped_lock_holder(checkpoint, tmp_path, monkeypatch, holder):
+    # A stopped process holding the index's lock: a load (behind a stopped saver) or a save (behind a stopped reader) gives up
+    # after the timeout with an error naming the lock file, the wait and the stopped holder; once the holder is gone, both work
+    from txtai_muvera.core import files  # pylint: disable=C0415
+
+    path = str(tmp_path / "index")
+    embeddings = create(checkpoint)
+    embeddings.index(corpus(20, 9))
+    durable.save(embeddings, path)
+
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, path, holder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+    try:
+        assert child.stdout.readline().strip() == b"held", child.stderr.read().decode()
+        blocked = (
+            (lambda **kwargs: durable.load(path, **kwargs)) if holder == "exclusive" else (lambda **kwargs: durable.save(embeddings, path, **kwargs))
+        )
+
+        start = time.monotonic()
+        with pytest.raises(durable.LockTimeoutError) as error:
+            bounded(lambda: blocked(timeout=1.5))
+        assert 1.5 <= time.monotonic() - start < 30
+        message = str(error.value)
+        assert str(tmp_path / ".index.lock") in message and "waiting 1.5 s" in message and f"pid {child.pid}" in message, message
+        assert "(stopped)" in message and (holder == "shared" or "took it exclusively" in message), message
+
+        # The environment variable sets the default wait; a bad value is named
+        monkeypatch.setenv(files.TIMEOUTVAR, "0.5")
+        start = time.monotonic()
+        with pytest.raises(durable.LockTimeoutError, match="waiting 0.5 s"):
+            bounded(blocked)
+        assert time.monotonic() - start < 30
+        monkeypatch.setenv(files.TIMEOUTVAR, "soon")
+        with pytest.raises(ValueError, match=f"{files.TIMEOUTVAR} 'soon'"):
+            blocked()
+        with pytest.raises(ValueError, match="timeout -1"):
+            blocked(timeout=-1)
+        monkeypatch.delenv(files.TIMEOUTVAR)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+
+    # A save that timed out left nothing behind; with the holder gone the lock is free again
+    assert listing(tmp_path) == ["index"]
+    durable.save(embeddings, path, timeout=5)
+    assert bounded(lambda: durable.load(path, timeout=5)).count() == 20
+    assert listing(tmp_path) == ["index"]
+
+
+# Read-only child: loads the index at argv[1] with durable.load and describes it with the CLI's info, printing the results.
+# "simulated" raises a read-only file system's error where the lock file is opened for writing, and nowhere else
+READER = """
+import errno, json, os, sys
+from txtai_muvera import durable
+from txtai_muvera.core import files
+from txtai_muvera.tools.cli import main
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "simulated":
+    opener = os.open
+    def refusing(file, flags, *args, **kwargs):
+        if str(file).endswith(".lock") and flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
+        return opener(file, flags, *args, **kwargs)
+    files.os.open = refusing
+else:
+    try:
+        open(os.path.join(os.path.dirname(path), "probe"), "w")
+        raise SystemExit("the folder is writable")
+    except OSError as error:
+        assert error.errno == errno.EROFS, error
+embeddings = durable.load(path, timeout=5)
+rows = embeddings.search("select id, text from txtai", 1000)
+results = embeddings.search("music history travel", 5)
+code = main(["info", path, "--json"])
+print(json.dumps({"count": embeddings.count(), "rows": len(rows), "found": all(x["text"] for x in results), "info": code}))
+"""
+
+
+def namespaces():
+    # Unprivileged user and mount namespaces: a read-only bind mount is then real even for root
+    import shutil  # pylint: disable=C0415
+
+    return shutil.which("unshare") and not subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False).returncode
+
+
+@pytest.mark.parametrize("mode", ["mount", "simulated"])
+@pytest.mark.parametrize("state", ["leftovers", "nolock", "movedaside"])
+def test_read_only_folder(checkpoint, tmp_path, mode, state):
+    # A read-only folder holding an index and a dead save's leftovers loads as it is, with and without a lock file; where the
+    # dead save moved the index aside, the previous save is read from there. A writable load repairs it all afterwards
+    if mode == "mount" and not namespaces():
+        pytest.skip("unprivileged user and mount namespaces are not available")
+
+    folder = tmp_path / "folder"
+    path = str(folder / "index")
+    embeddings = create(checkpoint)
+    embeddings.index([(f"d{i}", text, None) for i, text in enumerate(corpus(20, 10))])
+    durable.save(embeddings, path)
+    embeddings.close()
+
+    # Leftovers of dead saves: an unfinished save folder and a pending one
+    (folder / ".index.saving-dead").mkdir()
+    (folder / ".index.saving-dead" / "config.json").write_text("{", encoding="utf-8")
+    (folder / ".index.pending-dead").mkdir()
+    if state == "nolock":
+        os.remove(folder / ".index.lock")
+    if state == "movedaside":
+        os.rename(path, folder / ".index.old-dead")
+    before = sorted(os.listdir(folder))
+
+    command = [sys.executable, "-c", READER, path, mode]
+    if mode == "mount":
+        mount = f'mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && exec "$@"'
+        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, "sh"] + command
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert output == {"count": 20, "rows": 20, "found": True, "info": 0}, output
+    described = json.loads(result.stdout[: result.stdout.rindex("\n{")])
+    assert described["documents"] == 20 and described["index"].endswith(".index.old-dead" if state == "movedaside" else "index")
+    if state == "movedaside":
+        assert "reading the previous save" in result.stderr
+
+    # Nothing was repaired or written by the read-only load
+    assert sorted(os.listdir(folder)) == before
+
+    # Writable again: the load repairs
+    assert durable.load(path).count() == 20
+    assert listing(folder) == ["index"]

@@ -3,17 +3,32 @@ Files module: atomic directory saves and checked JSON headers, shared by every p
 """
 
 import contextlib
+import datetime
+import errno
 import json
+import logging
 import os
+import socket
 import zlib
 import shutil
 import threading
+import time
 import uuid
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no advisory locks: saves and loads then take none
     fcntl = None
+
+logger = logging.getLogger(__name__)
+
+# Seconds a lock of a saved index is waited for: the `timeout` argument, else this environment variable, else TIMEOUT. Long
+# enough for a large save to swap in, short enough that a stopped or hung holder shows up as an error instead of a hang
+TIMEOUT = 60.0
+TIMEOUTVAR = "TXTAI_MUVERA_LOCK_TIMEOUT"
+
+# What opening a file for writing raises in a folder this process cannot write to
+READONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 # Save folders this process is writing: path -> descriptor holding an exclusive flock on the folder for as long as it is live
 LIVE = {}
@@ -58,6 +73,12 @@ def tempdir(path, kind="saving"):
         return temp
 
     raise OSError(f"Could not create a save folder next to {path}: it kept being removed")
+
+
+class LockTimeoutError(TimeoutError):
+    """
+    The lock of a saved index was not free within the timeout: another process holds it (stopped, hung or very slow).
+    """
 
 
 def hold(directory):
@@ -152,38 +173,225 @@ def removeunlocked(directory):
 
 
 @contextlib.contextmanager
-def locked(path, shared=False):
+def locked(path, shared=False, timeout=None):
     """
     Holds the advisory lock of a saved index: `.<name>.lock` beside it. Swaps take it exclusive, loads shared, so no load reads
-    a mix of two saves and no swap happens under a load. The lock file is empty and never removed (removing it would let two
-    processes lock two different files).
+    a mix of two saves and no swap happens under a load. The lock file is never removed (removing it would let two processes
+    lock two different files); an exclusive holder writes its pid, host and start time into it, for the error of whoever
+    waits too long.
 
     Args:
         path: saved directory or file
         shared: shared (readers) or exclusive (writers)
+        timeout: seconds to wait for the lock, see `locktimeout`
+
+    Raises:
+        LockTimeoutError when the lock is not free within the timeout
     """
 
+    timeout = locktimeout(timeout)
     parent, name = os.path.split(os.path.abspath(path))
     if not fcntl or (shared and not os.path.isdir(parent)):
         # Nothing to read from a folder that does not exist: no lock, and no folder created by a reader
         yield
         return
 
-    os.makedirs(parent, exist_ok=True)
-    try:
-        descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        if not shared:
-            raise
-        # A read-only folder: nothing can swap a save there, so readers go without the lock
+    lockfile = os.path.join(parent, f".{name}.lock")
+    descriptor = openlock(lockfile, shared)
+    if descriptor is None:
+        # A read-only folder without a lock file: nothing can swap a save there, so readers go without the lock
         yield
         return
 
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        acquire(descriptor, lockfile, shared, timeout)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+    try:
+        if not shared:
+            note(descriptor, {"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
         yield
     finally:
+        if not shared:
+            note(descriptor, None)
         os.close(descriptor)
+
+
+def locktimeout(timeout=None):
+    """
+    Resolves how long a lock is waited for: timeout if given, else the TXTAI_MUVERA_LOCK_TIMEOUT environment variable, else
+    60 seconds. `inf` waits for ever.
+
+    Args:
+        timeout: seconds or None
+
+    Returns:
+        seconds as float
+    """
+
+    source = "timeout"
+    if timeout is None:
+        timeout, source = os.environ.get(TIMEOUTVAR, "").strip() or TIMEOUT, TIMEOUTVAR
+
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = -1.0
+
+    # NaN fails both comparisons
+    if not seconds >= 0:
+        raise ValueError(f"Invalid lock {source} {timeout!r}: expected seconds as a number >= 0 (inf waits for ever)")
+
+    return seconds
+
+
+def openlock(lockfile, shared):
+    """
+    Opens (creates) a lock file. A reader in a folder it cannot write to opens an existing lock file read-only, which still
+    takes a shared lock: a writer with another, writable view of the folder (a read-only mount of it) is still excluded.
+
+    Args:
+        lockfile: lock file path
+        shared: open for a shared lock
+
+    Returns:
+        descriptor, or None for a reader in a read-only folder without a lock file
+    """
+
+    if not shared:
+        os.makedirs(os.path.dirname(lockfile), exist_ok=True)
+        return os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+
+    try:
+        return os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        pass
+
+    try:
+        return os.open(lockfile, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def acquire(descriptor, lockfile, shared, timeout):
+    """
+    Takes a flock, waiting at most timeout seconds. flock has no timeout of its own: the lock is tried without blocking and
+    tried again after short sleeps (at most 10 ms, so a waiting writer gets in between two loads in a loop).
+
+    Args:
+        descriptor: open lock file
+        lockfile: lock file path, for the error
+        shared: shared or exclusive
+        timeout: seconds
+
+    Raises:
+        LockTimeoutError naming the lock file, the wait and the holder where it can be known
+    """
+
+    start, pause = time.monotonic(), 0.0005
+    while True:
+        try:
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            kind = "shared" if shared else "exclusive"
+            raise LockTimeoutError(
+                f"Gave up after waiting {waited:.1f} s for the {kind} lock {lockfile}: {holders(descriptor)}. A save or load holds it "
+                f"at most while it swaps or reads the index; raise the wait with timeout= or {TIMEOUTVAR} (seconds, inf waits for ever)"
+            )
+
+        pause = min(pause * 2, 0.01, timeout - waited)
+        time.sleep(pause)
+
+
+def holders(descriptor):
+    """
+    Says who holds a lock, as far as it can be known: the processes that /proc/locks lists for the lock file (Linux, local
+    file systems) and the note an exclusive holder writes into it (pid and host, which also reaches other hosts on a shared
+    file system).
+
+    Args:
+        descriptor: open lock file
+
+    Returns:
+        text for an error message
+    """
+
+    stat, found = os.fstat(descriptor), {}
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    with contextlib.suppress(OSError, ValueError), open("/proc/locks", encoding="utf-8") as handle:
+        for fields in (line.split() for line in handle):
+            # Lines with "->" are processes waiting for a lock, not holding it
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                found[int(fields[4])] = "exclusive" if fields[3] == "WRITE" else "shared"
+
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0) or b"null")
+    except (OSError, ValueError):
+        holder = None
+
+    described = []
+    if isinstance(holder, dict):
+        pid, local = holder.get("pid"), holder.get("host") == socket.gethostname()
+        # A note from this host whose pid /proc/locks does not list is stale (its writer died holding the lock)
+        if not found or pid in found or not local:
+            found.pop(pid, None)
+            described.append(f"pid {pid} on host {holder.get('host')}{state(pid) if local else ''} took it exclusively at {holder.get('since')}")
+
+    described.extend(f"pid {pid} holds it {mode}{state(pid)}" for pid, mode in sorted(found.items()))
+    return "; ".join(described) if described else "its holder is unknown (a reader, or a process on another host)"
+
+
+def state(pid):
+    """
+    Tells a stopped or zombie process from a running one, where /proc says.
+
+    Args:
+        pid: process id
+
+    Returns:
+        " (stopped)", " (zombie)" or ""
+    """
+
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            code = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+    return {"T": " (stopped)", "t": " (stopped)", "Z": " (zombie)"}.get(code, "")
+
+
+def note(descriptor, holder):
+    """
+    Writes who holds an exclusive lock into the lock file (or empties it). Best effort: the note only serves error messages.
+
+    Args:
+        descriptor: lock file, held exclusively
+        holder: dict, or None to empty the file
+    """
+
+    try:
+        os.ftruncate(descriptor, 0)
+        if holder:
+            os.pwrite(descriptor, json.dumps(holder).encode("utf-8"), 0)
+    except OSError:
+        pass
+
+
+def now():
+    """
+    Returns:
+        current UTC time, ISO 8601 to the second
+    """
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def replacedir(temp, path):
@@ -273,32 +481,69 @@ def restore(path, exclusive=False):
 
 
 @contextlib.contextmanager
-def reading(path):
+def reading(path, timeout=None):
     """
     Repairs an interrupted save at path (under the exclusive lock), then holds the index's shared lock, so that whatever reads
     path inside sees one complete save: no swap happens until it is done.
 
+    A folder this process cannot write to (read-only file system or permissions) is read as it is: nothing is repaired, since
+    nothing can be moved there, and dead saves' leftovers are left alone. Where a dead save moved the index folder aside and
+    never back (only `.<name>.old-<id>` exists), that previous save is read where it lies, with a warning.
+
     Args:
         path: saved directory or file
+        timeout: seconds to wait for each lock, see `locktimeout`
 
     Returns:
-        absolute path
+        path to read: absolute path, or the previous save beside it in a read-only folder
     """
 
-    path = os.path.abspath(str(path))
+    path, timeout = os.path.abspath(str(path)), locktimeout(timeout)
+    parent = os.path.dirname(path)
 
     # A saver killed between its renames can strike between the repair and the shared lock: check again under the lock
     for _ in range(10):
+        repairable = True
         if leftovers(path):
-            with locked(path):
-                restore(path, exclusive=True)
+            try:
+                with locked(path, timeout=timeout):
+                    restore(path, exclusive=True)
+            except OSError as error:
+                if isinstance(error, LockTimeoutError) or error.errno not in READONLY:
+                    raise
+                repairable = False
 
-        with locked(path, shared=True):
+        with locked(path, shared=True, timeout=timeout):
             if os.path.exists(path) or not leftovers(path):
                 yield path
                 return
 
+            if not repairable or not os.access(parent, os.W_OK):
+                yield previous(path)
+                return
+
     yield path
+
+
+def previous(path):
+    """
+    Finds the previous save that a save killed between the two renames of `replacedir` left aside, for a reader that cannot
+    move it back. It is the one `restore` would move back.
+
+    Args:
+        path: missing saved directory or file
+
+    Returns:
+        the previous save's path, or path when there is none
+    """
+
+    parent, name = os.path.split(path)
+    olds = sorted(os.path.join(parent, x) for x in os.listdir(parent) if x.startswith(f".{name}.old-"))
+    if not olds:
+        return path
+
+    logger.warning("%s is missing and its folder is read-only: reading the previous save %s (a writable load moves it back)", path, olds[-1])
+    return olds[-1]
 
 
 def leftovers(path):

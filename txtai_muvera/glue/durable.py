@@ -6,13 +6,14 @@ import os
 
 from txtai import Embeddings
 
-from ..core.files import locked, reading, remove, replacedir, restore, sync, syncdir, tempdir
+# LockTimeoutError: what save and load raise when a lock is not free in time, importable from here
+from ..core.files import LockTimeoutError, locked, locktimeout, reading, remove, replacedir, restore, sync, syncdir, tempdir  # noqa: F401
 
 # Archive suffixes txtai's Embeddings.save writes as one compressed file
 ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
 
 
-def save(embeddings, path):
+def save(embeddings, path, timeout=None):
     """
     Saves an Embeddings index so that a crash at any point leaves either the previous save or the new one loadable at path,
     and so that no reader (`load`, in any process) ever sees a half-swapped save or removes a save in progress.
@@ -28,12 +29,17 @@ def save(embeddings, path):
     Saves from several processes to one path each complete whole (the last swap wins); loads wait for a swap in progress.
     Keep one writing process per path: a process that loaded path and writes without saving writes into replaced files.
 
+    The swap waits at most `timeout` seconds for the lock (default: the TXTAI_MUVERA_LOCK_TIMEOUT environment variable, else
+    60), then raises LockTimeoutError naming the lock file and its holder; the save is then removed and path left as it was.
+
     Args:
         embeddings: txtai Embeddings instance (any index, not only txtai-muvera ones)
         path: output directory, or archive file ending with .tar.gz, .tar.bz2, .tar.xz or .zip
+        timeout: seconds to wait for the index's lock
     """
 
-    path = os.path.abspath(str(path))
+    # A bad timeout fails before anything is written
+    path, timeout = os.path.abspath(str(path)), locktimeout(timeout)
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
 
@@ -45,7 +51,7 @@ def save(embeddings, path):
         target = os.path.join(temp, name) if archive else temp
         embeddings.save(target)
 
-        with locked(path):
+        with locked(path, timeout=timeout):
             # Leftovers of dead saves first: the previous save must be in place before it is replaced
             restore(path, exclusive=True)
 
@@ -64,14 +70,20 @@ def save(embeddings, path):
         remove(temp)
 
 
-def load(path, embeddings=None, **kwargs):
+def load(path, embeddings=None, timeout=None, **kwargs):
     """
     Loads an index saved with `save` (or with txtai's own save), recovering first from a save interrupted between its renames.
-    The load holds the index's shared lock: a concurrent `save` swaps only before or after it, never during it.
+    The load holds the index's shared lock: a concurrent `save` swaps only before or after it, never during it. Each lock is
+    waited for at most `timeout` seconds (see `save`), then LockTimeoutError is raised.
+
+    In a folder this process cannot write to (read-only mount or permissions) the index is loaded as it is, without the lock
+    when there is no lock file, and without repairing: where a dead save left the index folder moved aside, the previous
+    save is loaded from where it lies (`.<name>.old-<id>`).
 
     Args:
         path: index directory or archive file
         embeddings: Embeddings instance to load into, a new one by default
+        timeout: seconds to wait for each of the index's locks
         kwargs: further arguments for Embeddings.load
 
     Returns:
@@ -81,8 +93,8 @@ def load(path, embeddings=None, **kwargs):
     path = os.path.abspath(str(path))
     embeddings = embeddings if embeddings is not None else Embeddings()
 
-    with reading(path):
-        embeddings.load(path, **kwargs)
+    with reading(path, timeout) as folder:
+        embeddings.load(folder, **kwargs)
 
     return embeddings
 

@@ -33,9 +33,10 @@ def run(args):
         info dict
     """
 
-    # Under the index's shared lock, after repairing an interrupted save: never a mix of two saves
-    with files.reading(args.index):
-        info = describe(args.index)
+    # Under the index's shared lock, after repairing an interrupted save: never a mix of two saves. In a read-only folder that
+    # a dead save left moved aside, reading returns the previous save's folder
+    with files.reading(args.index) as path:
+        info = describe(path)
 
     if args.json:
         print(json.dumps(info, indent=2))
@@ -191,9 +192,9 @@ def load(path):
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
 
-    with files.reading(path):
-        describe(path)
+    with files.reading(path) as folder:
+        describe(folder)
         embeddings = Embeddings()
-        embeddings.load(path)
+        embeddings.load(folder)
 
     return embeddings
