@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from txtai_muvera.glue.api import Application
+from txtai_muvera.glue.api import Application, InvalidDocumentError
 
 from checkpoints import build_pylate_checkpoint
 
@@ -204,3 +204,246 @@ def test_killed_server_restarts_consistent(checkpoint, tmp_path):
     # SIGKILL at each flush of a save's parts (upsert save, then delete save): every restart has as many database rows as
     # indexed documents. txtai's Application (its own save, in place) restarts inconsistent at every one of them
     assert all(killed(checkpoint, tmp_path, "txtai_muvera.glue.api.Application", [1, 2, 3, 4]))
+
+
+def free():
+    # A free local port for a server
+    import socket  # pylint: disable=C0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """
+    A real txtai API server (uvicorn, API_CLASS=txtai_muvera.glue.api.API, default settings) over an index of 20 documents.
+    Yields its base URL; the server must still be running at the end of the module.
+    """
+
+    if not FASTAPI:
+        pytest.skip("txtai[api] extra not installed (pip install 'txtai[api]')")
+
+    # pylint: disable=C0415
+    import requests
+
+    folder = tmp_path_factory.mktemp("server")
+    with open(folder / "api.yml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(configuration(checkpoint, folder / "index"), f)
+
+    port = free()
+    env = {**environment(), "CONFIG": str(folder / "api.yml"), "API_CLASS": "txtai_muvera.glue.api.API"}
+    command = [sys.executable, "-m", "uvicorn", "txtai.api:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    log = open(folder / "server.log", "wb")  # pylint: disable=R1732
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert process.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+            try:
+                requests.get(f"{url}/count", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+
+        documents = [{"id": str(i), "text": text} for i, text in enumerate(corpus(20, 3))]
+        assert requests.post(f"{url}/add", json=documents, timeout=60).status_code == 200
+        assert requests.get(f"{url}/index", timeout=60).status_code == 200
+        yield url
+
+        assert process.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def snapshot(url, where="1 = 1"):
+    """
+    Index count, database row count and the {id: text} rows matching where (at most 250, the API's limit).
+    """
+
+    import requests  # pylint: disable=C0415
+
+    count = requests.get(f"{url}/count", timeout=60).json()
+    rows = requests.get(f"{url}/search", params={"query": "select count(*) from txtai", "limit": 1}, timeout=60).json()[0]["count(*)"]
+    query = f"select id, text from txtai where {where}"
+    content = {row["id"]: row["text"] for row in requests.get(f"{url}/search", params={"query": query, "limit": 250}, timeout=60).json()}
+    return count, rows, content
+
+
+def test_document_size_limit(server):
+    # A document over muvera.maxdocument (262,144 characters by default) is refused with 413 before it is buffered: the batch
+    # around it changes nothing, not even through a later /upsert; one of exactly the limit is taken
+    import requests  # pylint: disable=C0415
+
+    from txtai_muvera.glue.api import MAXDOCUMENT
+
+    before = snapshot(server)
+    for text in ["music " * (MAXDOCUMENT // 6 + 1), "x" * 20_000_000]:
+        start = time.monotonic()
+        response = requests.post(f"{server}/add", json=[{"id": "small", "text": "music travel"}, {"id": "big", "text": text}], timeout=120)
+        assert response.status_code == 413 and "'big'" in response.json()["detail"] and f"{MAXDOCUMENT:,}" in response.json()["detail"]
+        assert time.monotonic() - start < 30
+        assert requests.get(f"{server}/upsert", timeout=60).status_code == 200
+        assert snapshot(server) == before
+
+    # Other fields count too: the whole document is stored
+    response = requests.post(f"{server}/add", json=[{"id": "meta", "text": "music", "notes": "y" * (MAXDOCUMENT + 1)}], timeout=60)
+    assert response.status_code == 413
+    assert requests.get(f"{server}/upsert", timeout=60).status_code == 200 and snapshot(server) == before
+
+    # Every string value counts, the id too
+    text = ("weather " * (MAXDOCUMENT // 8 + 1))[: MAXDOCUMENT - len("limit")]
+    assert requests.post(f"{server}/add", json=[{"id": "limit", "text": text}], timeout=60).status_code == 200
+    assert requests.get(f"{server}/upsert", timeout=60).status_code == 200
+    count, rows, content = snapshot(server, "id = 'limit'")
+    assert count == rows == before[0] + 1 and content == {"limit": text}
+    assert requests.post(f"{server}/delete", json=["limit"], timeout=60).json() == ["limit"]
+
+
+def test_document_size_setting(checkpoint, tmp_path):
+    # muvera: {maxdocument: N} sets the limit (null: none); a bad value fails at startup, naming it
+    config = configuration(checkpoint, tmp_path / "index")
+    application = Application({**config, "muvera": {"maxdocument": 100}})
+    with pytest.raises(InvalidDocumentError, match="more than 100 characters"):
+        application.add([{"id": "a", "text": "x" * 101}])
+    assert application.documents is None
+    application.add([{"id": "a", "text": "x" * 99}])
+
+    assert Application({**config, "muvera": {"maxdocument": None}}).maxdocument is None
+    for value in ["big", 0, -5, 1.5, True]:
+        with pytest.raises(ValueError, match=f"muvera.maxdocument {value!r} "):
+            Application({**config, "muvera": {"maxdocument": value}})
+
+
+def test_large_batch(server):
+    # 10,000 documents in one /add and one /upsert, then deleted in one /delete
+    import requests  # pylint: disable=C0415
+
+    before = snapshot(server)
+    documents = [{"id": f"b{i}", "text": text} for i, text in enumerate(corpus(10_000, 4))]
+    assert requests.post(f"{server}/add", json=documents, timeout=600).status_code == 200
+    assert requests.get(f"{server}/upsert", timeout=600).status_code == 200
+
+    sample = [0, 1, 4_999, 9_998, 9_999]
+    count, rows, content = snapshot(server, "id in (" + ", ".join(f"'b{i}'" for i in sample) + ")")
+    assert count == rows == before[0] + 10_000
+    assert content == {f"b{i}": documents[i]["text"] for i in sample}
+
+    deleted = requests.post(f"{server}/delete", json=[x["id"] for x in documents], timeout=600).json()
+    assert len(deleted) == 10_000 and snapshot(server) == before
+
+
+def test_malformed_bodies(server):
+    # Bodies that are not a JSON list of documents get a 4xx; nothing changes and the server keeps serving
+    import requests  # pylint: disable=C0415
+
+    before = snapshot(server)
+    bodies = [
+        ("/add", b"\x00\xff\xfe garbage \x80", "application/json"),
+        ("/add", b'[{"id": "p", "text": "plain"}]', "text/plain"),
+        ("/add", b'[{"id": "o", "text": "octets"}]', "application/octet-stream"),
+        ("/add", b'{"id": "d", "text": "a dict, not a list"}', "application/json"),
+        ("/add", b"[1, 2, 3]", "application/json"),
+        ("/add", b'"text"', "application/json"),
+        ("/add", b'[{"id": "t", "text": "truncated"', "application/json"),
+        ("/add", b"", "application/json"),
+        ("/add", b"[" * 100_000, "application/json"),
+        ("/delete", b'{"ids": ["0"]}', "application/json"),
+        ("/delete", b"\xff\xfe", "application/json"),
+        ("/reindex", b"not json", "application/json"),
+    ]
+    for route, body, kind in bodies:
+        response = requests.post(f"{server}{route}", data=body, headers={"Content-Type": kind}, timeout=60)
+        assert 400 <= response.status_code < 500, (route, body[:40], kind, response.status_code, response.text[:200])
+
+    assert requests.get(f"{server}/upsert", timeout=60).status_code == 200
+    assert snapshot(server) == before
+
+    # Still up and writable
+    assert requests.post(f"{server}/add", json=[{"id": "after", "text": "music travel"}], timeout=60).status_code == 200
+    assert requests.get(f"{server}/upsert", timeout=60).status_code == 200
+    assert snapshot(server, "id = 'after'")[2] == {"after": "music travel"}
+    assert requests.post(f"{server}/delete", json=["after"], timeout=60).json() == ["after"]
+    assert snapshot(server) == before
+
+
+def test_concurrent_writers(server):
+    # 4 writer threads, each over ids of its own, /add + /upsert (new and replaced documents) and /delete for a while, and a
+    # searcher: no 5xx, every write answers 200, each /delete deletes what the thread's own record says exists, and at the
+    # end the index holds exactly what the successful calls leave. TXTAI_MUVERA_STRESS_SECONDS sets the duration (10 s)
+    # pylint: disable=C0415
+    import random
+    import threading
+
+    import requests
+
+    seconds = float(os.environ.get("TXTAI_MUVERA_STRESS_SECONDS", "10"))
+    before = snapshot(server)
+    statuses, errors, references, stop = [], [], [{} for _ in range(4)], threading.Event()
+    lock = threading.Lock()
+
+    def record(response):
+        with lock:
+            statuses.append(response.status_code)
+        return response
+
+    def writer(thread):
+        rng, reference, session = random.Random(thread), references[thread], requests.Session()
+        try:
+            while not stop.is_set():
+                if rng.random() < 0.6 or not reference:
+                    batch = {f"w{thread}-{rng.randrange(40)}": " ".join(rng.choices(WORDS, k=rng.randint(3, 10))) for _ in range(rng.randint(1, 8))}
+                    documents = [{"id": uid, "text": text} for uid, text in batch.items()]
+                    assert record(session.post(f"{server}/add", json=documents, timeout=120)).status_code == 200
+                    assert record(session.get(f"{server}/upsert", timeout=120)).status_code == 200
+                    reference.update(batch)
+                else:
+                    ids = rng.sample([f"w{thread}-{x}" for x in range(40)], rng.randint(1, 6))
+                    response = record(session.post(f"{server}/delete", json=ids, timeout=120))
+                    assert response.status_code == 200
+                    assert sorted(response.json()) == sorted(x for x in ids if x in reference), (ids, response.json())
+                    for uid in ids:
+                        reference.pop(uid, None)
+        except BaseException as error:  # pylint: disable=W0718
+            errors.append(repr(error))
+            stop.set()
+
+    def searcher():
+        rng, session = random.Random(99), requests.Session()
+        try:
+            while not stop.is_set():
+                query = " ".join(rng.choices(WORDS, k=3))
+                results = record(session.get(f"{server}/search", params={"query": query, "limit": 5}, timeout=120)).json()
+                assert all(isinstance(x["text"], str) for x in results), results
+                counted = record(session.get(f"{server}/search", params={"query": "select count(*) from txtai"}, timeout=120)).json()
+                assert counted[0]["count(*)"] >= before[0]
+        except BaseException as error:  # pylint: disable=W0718
+            errors.append(repr(error))
+            stop.set()
+
+    threads = [threading.Thread(target=writer, args=(x,)) for x in range(4)] + [threading.Thread(target=searcher)]
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(300)
+
+    assert not errors, errors[:3]
+    assert not [x for x in statuses if x >= 500] and len(statuses) > 20, statuses[-10:]
+
+    expected = {uid: text for reference in references for uid, text in reference.items()}
+    count, rows, content = snapshot(server, "id like 'w%'")
+    assert count == rows == before[0] + len(expected)
+    assert content == expected
+
+    # Cleaned up for whatever runs next on the server
+    requests.post(f"{server}/delete", json=list(expected), timeout=120)
+    assert snapshot(server) == before

@@ -7,7 +7,8 @@ file" until a restart) and the index half-changed (a later `/delete` then saves 
 `Embeddings.save`, which writes `config.json` and the database in place (a killed server restarts with more database rows than
 indexed documents). These classes keep txtai's behaviour otherwise:
 
-- documents that cannot be stored (lone surrogates, numbers as text) are refused by `add`, before they enter the buffer;
+- documents that cannot be stored (lone surrogates, numbers as text) are refused by `add`, before they enter the buffer, and so
+  are documents larger than `muvera: {maxdocument: N}` characters (HTTP 413; 262,144 by default, null for no limit);
 - `index`, `upsert` and `delete` go through `txtai_muvera.transaction`: one that raises leaves the index exactly as it was,
   and the buffer is emptied, so the next write starts clean;
 - every save is `durable.save` (a crash leaves the previous save or the new one), startup loads with `durable.load`; a save
@@ -35,9 +36,22 @@ except ImportError:
     FASTAPI = False
 
 
+# Largest document `add` takes by default, in characters of its strings. The model cuts a document at its document length
+# (512 tokens for most ColBERT checkpoints, 8,192 for the longest, about 3 to 50 KB of text), but its tokenizer reads the whole
+# text first, under the write lock that every request waits for: a 20 MB document held it for 110 s. 256 Ki characters is 5
+# times the longest useful document and about a second of tokenizing at worst
+MAXDOCUMENT = 262144
+
+
 class InvalidDocumentError(ValueError):
     """
     A document that no write could store: refused before it is buffered.
+    """
+
+
+class DocumentTooLargeError(InvalidDocumentError):
+    """
+    A document larger than the API's `maxdocument` setting: refused before it is buffered or encoded.
     """
 
 
@@ -45,6 +59,11 @@ class Writes:
     """
     Mixin over txtai's Application: all-or-nothing writes, atomic saves, a document buffer that survives failures.
     """
+
+    def __init__(self, config, loaddata=True):
+        # A bad setting fails at startup, before the index is loaded
+        self.maxdocument = maxdocument(self.read(config))
+        super().__init__(config, loaddata)
 
     def indexes(self, loaddata):
         """
@@ -57,8 +76,9 @@ class Writes:
 
         path, cloud = self.config.get("path"), self.config.get("cloud")
         if loaddata and path and not cloud:
-            with files.reading(path):
-                exists = Embeddings().exists(path)
+            # A read-only folder that a dead save left moved aside is read from the previous save's folder
+            with files.reading(path) as folder:
+                exists = Embeddings().exists(folder)
 
             if exists:
                 config = self.config.get("embeddings")
@@ -72,7 +92,8 @@ class Writes:
 
     def add(self, documents):
         """
-        Adds a batch of documents for indexing, refusing the whole batch if one document cannot be stored.
+        Adds a batch of documents for indexing, refusing the whole batch if one document cannot be stored or is larger than
+        the `maxdocument` setting.
 
         Args:
             documents: list of {id: value, text: value} (or txtai's other document forms)
@@ -82,8 +103,11 @@ class Writes:
         """
 
         documents = list(documents)
-        check(documents)
-        return super().add(documents)
+        check(documents, self.maxdocument)
+
+        # Under the lock: txtai looks for an index before it takes the lock, and a failed write replaces the index under it
+        with self.lock:
+            return super().add(documents)
 
     def index(self):
         """
@@ -97,8 +121,9 @@ class Writes:
             super().index()
             return
 
-        if self.embeddings and self.documents:
-            with self.lock:
+        # Checked under the lock: a request that waited for it may find the buffer written and emptied by another one
+        with self.lock:
+            if self.embeddings and self.documents:
                 previous = self.embeddings
                 try:
                     # A new instance from the configuration, as txtai's Application does
@@ -131,8 +156,9 @@ class Writes:
             super().upsert()
             return
 
-        if self.embeddings and self.documents:
-            with self.lock:
+        # Checked under the lock: a request that waited for it may find the buffer written and emptied by another one
+        with self.lock:
+            if self.embeddings and self.documents:
                 try:
                     self.write(transaction.upsert, self.embeddings.upsert, self.documents)
                 finally:
@@ -154,8 +180,9 @@ class Writes:
         if getattr(self, "cluster", None):
             return super().delete(ids)
 
-        if self.embeddings:
-            with self.lock:
+        # Checked under the lock: a failed write replaces the instance while it holds the lock
+        with self.lock:
+            if self.embeddings:
                 return self.write(transaction.delete, self.embeddings.delete, ids)
 
         return None
@@ -293,26 +320,51 @@ if FASTAPI:
     class API(Writes, BaseAPI):
         """
         txtai API with all-or-nothing writes and atomic saves: `API_CLASS=txtai_muvera.glue.api.API`. A batch that `/add` refuses
-        answers 422 with the reason.
+        answers 413 with the reason when a document is too large, else 422.
         """
 
         def add(self, documents):
             try:
                 return super().add(documents)
+            except DocumentTooLargeError as error:
+                raise HTTPException(status_code=413, detail=str(error)) from error
             except InvalidDocumentError as error:
                 raise HTTPException(status_code=422, detail=str(error)) from error
 
 
-def check(documents):
+def maxdocument(config):
     """
-    Checks that every document of a batch can be stored: text must be a string (or None, which txtai skips) and no string
-    may hold a lone surrogate (SQLite cannot encode it).
+    Reads the largest document size `add` takes from an application config: `muvera: {maxdocument: N}`.
+
+    Args:
+        config: application config dict
+
+    Returns:
+        characters, or None for no limit
+    """
+
+    settings = (config or {}).get("muvera") or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"muvera {settings!r} is not a mapping: expected settings such as {{maxdocument: {MAXDOCUMENT}}}")
+
+    value = settings.get("maxdocument", MAXDOCUMENT)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"muvera.maxdocument {value!r} is not a document size: expected a positive number of characters, or null for no limit")
+
+    return value
+
+
+def check(documents, limit=None):
+    """
+    Checks that every document of a batch can be stored: no document is larger than limit, text must be a string (or None,
+    which txtai skips) and no string may hold a lone surrogate (SQLite cannot encode it).
 
     Args:
         documents: list of documents
+        limit: largest document in characters, None for no limit
 
     Raises:
-        InvalidDocumentError naming the first bad document
+        DocumentTooLargeError or InvalidDocumentError naming the first bad document
     """
 
     for position, document in enumerate(documents):
@@ -323,7 +375,40 @@ def check(documents):
             uid, text = document[0], document[1] if len(document) > 1 else None
             text = text.get("text") if isinstance(text, dict) else text
 
+        # Size first: a large document is refused before anything reads all of its text
+        if limit is not None and size(document, limit) > limit:
+            raise DocumentTooLargeError(
+                f"Document {position} (id {ascii(uid)[:80]}) has more than {limit:,} characters, the muvera.maxdocument setting: split it "
+                f"or raise the setting (the model reads only its document length of tokens)"
+            )
         if isinstance(text, (bool, int, float)):
             raise InvalidDocumentError(f"Document {position} (id {uid!r}) has {type(text).__name__} text {text!r}, expected str")
         if not encodable(document):
             raise InvalidDocumentError(f"Document {position} (id {ascii(uid)}) holds a lone surrogate: not valid Unicode text")
+
+
+def size(document, limit):
+    """
+    Counts the characters of a document's string values, id included (bytes of binary values), nested fields included, stopping
+    once past limit. Field names do not count.
+
+    Args:
+        document: document in any of txtai's forms
+        limit: count at which to stop
+
+    Returns:
+        characters counted, more than limit when the document is too large
+    """
+
+    # A stack, not recursion: a deeply nested JSON document must not raise RecursionError
+    total, stack = 0, [document]
+    while stack and total <= limit:
+        value = stack.pop()
+        if isinstance(value, (str, bytes)):
+            total += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+
+    return total
