@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import numpy as np
@@ -66,8 +67,9 @@ def drop(url, name, schema=None):
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         else:
             conn.execute(f'DROP TABLE IF EXISTS "{name}"')
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{pgvector.STATE}"',)).fetchone()[0]:
-                conn.execute(f'DELETE FROM "{pgvector.STATE}" WHERE tablename = %s', (name,))
+            for table in (pgvector.STATE, pgvector.GENERATIONS):
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',)).fetchone()[0]:
+                    conn.execute(f'DELETE FROM "{table}" WHERE tablename = %s', (name,))
         conn.commit()
     engine.close()
 
@@ -512,7 +514,20 @@ def test_badinput(url, table):
         ({"oversample": 0}, 32, ValueError, "oversample must be a positive integer"),
         ({"index": "sketch", "sketch": 4096}, 8192, ValueError, "sketch must be <= 4000"),
         ({"tokens": "float64"}, 32, ValueError, "Unknown tokens 'float64'"),
-        ({"table": "muvera_codecs"}, 32, ValueError, "reserved for trained codec state"),
+        (
+            {"table": "muvera_codecs"},
+            32,
+            ValueError,
+            "'muvera_codecs' is reserved, in any schema: txtai keeps its own tables under documents, objects, sections",
+        ),
+        ({"table": "muvera_generations"}, 32, ValueError, "'muvera_generations' is reserved"),
+        ({"table": "sections"}, 32, ValueError, "'sections' is reserved"),
+        ({"table": "Documents", "schema": "elsewhere"}, 32, ValueError, "'Documents' is reserved, in any schema"),
+        ({"table": "objects"}, 32, ValueError, "'objects' is reserved"),
+        ({"table": "batch"}, 32, ValueError, "'batch' is reserved"),
+        ({"table": "scores"}, 32, ValueError, "'scores' is reserved"),
+        ({"table": "rebuild1733000000000"}, 32, ValueError, "'rebuild1733000000000' is reserved"),
+        ({"table": "vectors"}, 32, ValueError, "this engine its state under muvera_codecs, muvera_generations. Choose another table name"),
         ({"url": "mysql://root@127.0.0.1/x"}, 32, ValueError, "Unsupported pgvector url driver 'mysql'"),
         ({"url": "not a url"}, 32, ValueError, "Invalid pgvector url"),
         ({"url": None}, 32, ValueError, "needs a url"),
@@ -589,83 +604,285 @@ def test_property(url, steps, seed):
         drop(url, name)
 
 
-# Worker for the concurrency test: writes groups of documents that share one FDE, deletes older groups, and checks after
-# every write that each search and each gather sees whole groups only (no torn read) and the tokens of the right documents
-WORKER = r"""
-import json, sys
+def dsn(url):
+    """
+    libpq connection string of a SQLAlchemy URL.
+    """
+
+    from sqlalchemy.engine import make_url  # pylint: disable=C0415
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def sessions(url, where="TRUE"):
+    """
+    Pids and application names of the server sessions on a URL's database, other than this query's.
+    """
+
+    import psycopg  # pylint: disable=C0415
+    from sqlalchemy.engine import make_url  # pylint: disable=C0415
+
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        statement = f"SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() AND {where}"
+        return dict(conn.execute(statement, (make_url(url).database,)).fetchall())
+
+
+def terminate(url, where="TRUE"):
+    """
+    Terminates server sessions on a URL's database (what a server restart does to open clients) and waits until they are gone.
+    """
+
+    import psycopg  # pylint: disable=C0415
+    from sqlalchemy.engine import make_url  # pylint: disable=C0415
+
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        statement = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() AND {where}"
+        conn.execute(statement, (make_url(url).database,))
+
+    for _ in range(100):
+        if not sessions(url, where):
+            return
+        time.sleep(0.05)
+
+
+def leases(url):
+    """
+    Writer leases held on a URL's database: {server pid: application name}.
+    """
+
+    return sessions(url, "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)")
+
+
+def test_stale(url, table, tmp_path):
+    """
+    A write whose engine has not seen the table's last write is refused with a StaleError naming that write; an engine loaded
+    again writes. Engines of one process share the lease.
+    """
+
+    rng = np.random.default_rng(20)
+    engine = storage(url, table, index="flat")
+    engine.apply([], [documents(rng, range(10))])
+    engine.save(str(tmp_path))
+
+    other = storage(url, table, index="flat")
+    other.load(str(tmp_path))
+    engine.apply([0], [documents(rng, range(10, 15))])
+    message = r"changed since this instance loaded it: its last write \(2\) was committed by txtai-muvera writer .* pid \d+ at .*load the index again"
+    with pytest.raises(pgvector.StaleError, match=message):
+        other.apply([], [documents(rng, range(20, 22))])
+    assert other.count() == engine.count() == 14
+
+    again = storage(url, table, index="flat")
+    again.load(str(tmp_path))
+    again.apply([1], [documents(rng, range(20, 22))])
+    assert again.ids().tolist() == list(range(2, 15)) + [20, 21]
+    with pytest.raises(pgvector.StaleError, match=r"last write \(3\)"):
+        engine.apply([], [documents(rng, [30])])
+
+    # The lease goes with the last engine of the process that holds it
+    for instance in (engine, other):
+        instance.close()
+    assert len(leases(url)) >= 1
+    again.close()
+    assert not [name for name in leases(url).values() if name.endswith(f"pid {os.getpid()}")]
+
+
+def test_joined(url, database, tmp_path):
+    """
+    Inside `joined`, writes and reads run on the caller's connection: rows are visible to others only once the owner commits,
+    an owner rollback leaves nothing (and the engine goes on from the committed state), a failing write rolls back to its
+    savepoint and leaves the owner's transaction usable. Connections of other databases are not joined.
+    """
+
+    import psycopg  # pylint: disable=C0415
+
+    rng = np.random.default_rng(22)
+    engine = storage(database, "joined", index="flat")
+    engine.apply([], [documents(rng, range(10))])
+    engine.save(str(tmp_path))
+    reader = storage(database, "joined", index="flat")
+    reader.load(str(tmp_path))
+
+    with psycopg.connect(dsn(database)) as owner:
+        owner.execute("CREATE TABLE content (id int)")
+        batch = documents(rng, range(10, 15))
+        with pgvector.joined(owner):
+            engine.apply([0], [batch])
+
+            # The owner's transaction sees the write, searches included
+            assert engine.count() == 14
+            assert engine.search(batch[1][2:3], 1, SearchOptions())[1][0, 0] == 12
+        assert reader.count() == 10 and 12 not in reader.ids()
+        assert reader.search(batch[1][2:3], 1, SearchOptions())[1][0, 0] != 12
+        owner.commit()
+        assert reader.count() == 14 and reader.search(batch[1][2:3], 1, SearchOptions())[1][0, 0] == 12
+
+        # Owner rollback: nothing of the write stays, and the next write is not taken for a stale one
+        committed = reader.ids().tolist()
+        with pgvector.joined(owner):
+            owner.execute("INSERT INTO content VALUES (1)")
+            engine.apply([1], [documents(rng, range(20, 25))])
+            assert engine.count() == 18
+        owner.rollback()
+        assert reader.ids().tolist() == committed and engine.count() == 14
+        engine.apply([2], [documents(rng, [30, 31])])
+        assert reader.count() == 15
+
+        # A failing write rolls back to its savepoint; the owner's own rows and a later write commit
+        with pgvector.joined(owner):
+            owner.execute("INSERT INTO content VALUES (2)")
+            with pytest.raises(ValueError, match=r"Write refused: Key \(id\)=\(30\) already exists"):
+                engine.apply([3], [documents(rng, [40, 30])])
+            owner.execute("INSERT INTO content VALUES (3)")
+            engine.apply([], [documents(rng, [41])])
+        owner.commit()
+        assert owner.execute("SELECT array_agg(id ORDER BY id) FROM content").fetchone()[0] == [2, 3]
+        assert 41 in reader.ids() and 40 not in reader.ids() and 3 in reader.ids()
+
+    # A connection to another database is not joined: the write commits on its own
+    with psycopg.connect(dsn(url)) as elsewhere:
+        with pgvector.joined(elsewhere):
+            engine.apply([], [documents(rng, [50])])
+        elsewhere.rollback()
+    assert 50 in reader.ids()
+
+    # The callable form (looked up when an engine needs it): a new index's first write rolled back leaves no table, and the
+    # engine new again
+    fresh = storage(database, "joinedfresh", index="flat")
+    with psycopg.connect(dsn(database)) as owner:
+        with pgvector.joined(lambda: owner):
+            fresh.apply([], [documents(rng, range(5))])
+            assert fresh.count() == 5
+        owner.rollback()
+        assert fresh.count() == 0 and not owner.execute("SELECT to_regclass('joinedfresh') IS NOT NULL").fetchone()[0]
+    fresh.apply([], [documents(rng, range(3))])
+    assert fresh.count() == 3
+
+    with psycopg.connect(dsn(database), autocommit=True) as auto:
+        with pgvector.joined(auto), pytest.raises(ValueError, match="autocommit off"):
+            engine.count()
+
+    for instance in (engine, reader, fresh):
+        instance.close()
+
+
+# Holds an index's lease in another process: loads, writes one document, says so, and waits for its standard input to close
+HOLDER = r"""
+import sys
 import numpy as np
 from txtai_muvera.core.pgvector import PGVectorStorage
-from txtai_muvera.core.options import SearchOptions
 
-url, table, path, worker, writes, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-engine = PGVectorStorage({"pgvector": {"url": url, "table": table, "index": "flat"}}, 64, 4)
-engine.load(path)
-
-def group(g):
-    rng = np.random.default_rng(g)
-    direction = rng.standard_normal(64).astype(np.float32)
-    ids = np.arange(g * size, (g + 1) * size, dtype=np.int64)
-    tokens = [np.full((3, 4), float(uid % 2048), dtype=np.float32) for uid in ids]
-    return ids, np.repeat((direction / np.linalg.norm(direction))[None], size, axis=0), tokens, direction
-
-torn = 0
-for w in range(writes):
-    g = 1000 * (worker + 1) + w
-    ids, fdes, tokens, _ = group(g)
-    deletes = np.arange((g - 2) * size, (g - 1) * size, dtype=np.int64) if w >= 2 else np.zeros(0, dtype=np.int64)
-    engine.apply(deletes, [(ids, fdes, tokens)])
-
-    # Look for every group either worker may have written so far
-    for other in range(2):
-        for v in range(w + 1):
-            h = 1000 * (other + 1) + v
-            members, _, _, direction = group(h)
-            _, found = engine.search(direction[None], size, SearchOptions())
-            found = found[0][found[0] >= 0]
-            common = set(found.tolist()) & set(members.tolist())
-            if common and common != set(members.tolist()):
-                torn += 1
-            values, offsets, _ = engine.gather(found)
-            for x, uid in enumerate(found.tolist()):
-                assert (values[offsets[x]:offsets[x + 1]].astype(np.float32) == float(uid % 2048)).all(), "tokens of another document"
-
-    stored = engine.ids()
-    groups = np.bincount(stored // size)
-    assert set(groups[groups > 0].tolist()) == {size}, "partial group in ids()"
-
-print(json.dumps({"torn": torn}))
+engine = PGVectorStorage({"pgvector": {"url": sys.argv[1], "table": sys.argv[2], "index": "flat"}}, 32, 8)
+engine.load(sys.argv[3])
+engine.apply([], [(np.array([int(sys.argv[4])]), np.ones((1, 32), dtype=np.float32), [np.ones((2, 8), dtype=np.float32)])])
+print("written", flush=True)
+sys.stdin.read()
+engine.close()
 """
 
 
-def test_concurrent(url, table, tmp_path):
+def test_reconnect(database, tmp_path):
     """
-    Two processes write and search one index at once: no lost or duplicated document, no torn read.
+    After the server drops every connection of an open engine (what a restart does), its searches, reads and writes work again
+    on the next call: the pool replaces dead connections (pre-ping), the lease is taken again. A lease lost meanwhile to another
+    process is refused with a LeaseError naming it; once that one is gone, its write makes this engine's view stale.
     """
 
-    # An empty index, saved, that both processes load
-    engine = storage(url, table, dimensions=64, dim=4, index="flat")
+    rng = np.random.default_rng(23)
+    engine = storage(database, "reconnect", index="flat")
+    engine.apply([], [documents(rng, range(20))])
+    engine.save(str(tmp_path))
+    query = rng.standard_normal((2, 32)).astype(np.float32)
+    before = engine.search(query, 5, SearchOptions())
+    first = leases(database)
+    assert list(first.values()) == [pgvector.writername()]
+
+    terminate(database)
+    np.testing.assert_array_equal(engine.search(query, 5, SearchOptions())[1], before[1])
+    assert engine.count() == 20 and len(engine.gather(np.arange(3))[1]) == 4
+
+    terminate(database)
+    engine.apply([0], [documents(rng, range(20, 25))])
+    assert engine.count() == 24
+    second = leases(database)
+    assert list(second.values()) == [pgvector.writername()] and set(second) != set(first)
+
+    # The lease connection alone is cut, and another process takes the table and writes
+    terminate(database, "application_name LIKE 'txtai-muvera writer%%'")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, database, "reconnect", str(tmp_path), "90"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "written"
+        with pytest.raises(
+            pgvector.LeaseError, match=rf'"public"."reconnect" is being written by txtai-muvera writer .* pid {holder.pid} \(server pid'
+        ):
+            engine.apply([], [documents(rng, [91])])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+    with pytest.raises(pgvector.StaleError, match=r"last write \(3\)"):
+        engine.apply([], [documents(rng, [91])])
+    assert 90 in engine.ids() and engine.count() == 25
+    engine.close()
+
+
+@pytest.mark.parametrize("codec", ["residual", "pq"])
+def test_retrain(url, table, tmp_path, codec):
+    """
+    A codec trained on a tiny first write (codecs.Codec.trusted False) is kept until the table holds `enough` tokens; that write
+    retrains it on a sample of every token and re-encodes the stored rows in its transaction. A failure there leaves the state
+    and the rows as they were; a reload reads the retrained state, and later writes keep it.
+    """
+
+    rng = np.random.default_rng(24)
+    engine = codecstorage(url, table, codec, index="flat")
+    enough = engine.codec.enough
+    first = documents(rng, range(60 if codec == "pq" else 2))
+    engine.apply([], [first])
+    tokens = sum(len(matrix) for matrix in first[2])
+    assert engine.codec.trained and not engine.codec.trusted
+    assert json.loads(state(url, table)["config"])["sample"] == min(tokens, 65536) and tokens < enough
+
+    # A write that leaves the table short of enough tokens keeps the state
+    engine.apply([], [documents(rng, range(100, 104))])
+    untrusted, stored = state(url, table), decoded(engine, engine.ids())
+
+    # A write that reaches enough but fails (an id already stored) keeps state, rows and engine
+    count = enough // 6 + 100
+    bulk = documents(rng, range(1000, 1000 + count))
+    with pytest.raises(ValueError, match="Write refused"):
+        engine.apply([], [(np.append(bulk[0], 0), np.vstack([bulk[1], bulk[1][:1]]), bulk[2] + bulk[2][:1])])
+    assert state(url, table) == untrusted and not engine.codec.trusted
+    for x, y in zip(stored, decoded(engine, engine.ids())):
+        np.testing.assert_array_equal(x, y)
+
+    # Enough tokens: a new codec from all of them, the kept rows re-encoded from their decoded values, the deleted row gone
+    old = dict(zip(engine.ids().tolist(), stored))
+    engine.apply([100], [bulk])
+    trained = engine.codec
+    assert trained.trusted and "sample" not in json.loads(state(url, table)["config"]) and state(url, table) != untrusted
+    kept = [uid for uid in old if uid != 100]
+    for uid, row in zip(kept, decoded(engine, kept)):
+        np.testing.assert_allclose(row, trained.decode(trained.encode(old[uid])), rtol=1e-6, atol=1e-6)
+    for matrix, row in zip(bulk[2][:50], decoded(engine, bulk[0][:50])):
+        np.testing.assert_allclose(row, trained.decode(trained.encode(matrix)), rtol=1e-6, atol=1e-6)
+    assert 100 not in engine.ids() and engine.count() == len(old) - 1 + count
+
+    # Reloaded: the same rows; a later write keeps the state
     engine.save(str(tmp_path))
     engine.close()
-
-    writes, size = 8, 6
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, url, table, str(tmp_path), str(worker), str(writes), str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for worker in range(2)
-    ]
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-        assert json.loads(stdout.strip().splitlines()[-1]) == {"torn": 0}
-
-    # Each worker keeps its last two groups
-    expected = sorted(uid for worker in range(2) for w in (writes - 2, writes - 1) for uid in range((1000 * (worker + 1) + w) * size, (1000 * (worker + 1) + w + 1) * size))
-    engine = storage(url, table, dimensions=64, dim=4, index="flat")
-    engine.load(str(tmp_path))
-    assert engine.ids().tolist() == expected
-    assert engine.count() == len(expected)
-    engine.close()
+    loaded = codecstorage(url, table, codec, index="flat")
+    loaded.load(str(tmp_path))
+    assert loaded.codec.trusted
+    before = decoded(loaded, loaded.ids())
+    trusted = state(url, table)
+    loaded.apply([], [documents(rng, range(5000, 5010))])
+    assert state(url, table) == trusted
+    for x, y in zip(before, decoded(loaded, loaded.ids()[: len(before)])):
+        np.testing.assert_array_equal(x, y)
+    loaded.close()
 
 
 @pytest.fixture
@@ -692,7 +909,7 @@ def server():
 
 def test_restart(server, tmp_path):
     """
-    Data survives a server restart; an open engine reconnects by itself.
+    Data survives a server restart; an open engine reconnects by itself, and its next write takes the lease again.
     """
 
     url, run = server
@@ -708,14 +925,16 @@ def test_restart(server, tmp_path):
         engine.count()
     run("start")
 
-    # The pool drops dead connections (pre-ping) and reconnects
+    # The pool drops dead connections (pre-ping) and reconnects; the lease went with the server and is taken again
     np.testing.assert_array_equal(engine.search(query, 5, SearchOptions())[1], before[1])
+    engine.apply([0], [documents(rng, range(30, 35))])
+    after = engine.search(query, 5, SearchOptions())
     engine.close()
 
     loaded = storage(url, "restart")
     loaded.load(str(tmp_path))
-    assert loaded.ids().tolist() == list(range(30))
-    np.testing.assert_array_equal(loaded.search(query, 5, SearchOptions())[1], before[1])
+    assert loaded.ids().tolist() == list(range(1, 35))
+    np.testing.assert_array_equal(loaded.search(query, 5, SearchOptions())[1], after[1])
     loaded.close()
 
 

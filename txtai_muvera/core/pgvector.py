@@ -2,12 +2,17 @@
 PGVector module: the storage engine that keeps FDEs and token matrices in PostgreSQL with pgvector
 """
 
-import copy
+import functools
 import io
+import itertools
 import json
 import os
 import re
+import socket
 import threading
+import time
+import weakref
+import zlib
 
 from contextlib import contextmanager
 
@@ -15,9 +20,13 @@ import numpy as np
 
 # Conditional import
 try:
+    import psycopg
+
     from pgvector import HalfVector
     from pgvector.psycopg import register_vector
+    from pgvector.psycopg.halfvec import register_halfvec_info
     from psycopg import sql
+    from psycopg.types import TypeInfo
     from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
 
@@ -36,9 +45,24 @@ from .storage import Storage
 # in both, so version 1 tables of those codecs still load.
 FORMAT, VERSION, VERSIONS = "txtai-muvera-pgvector", 2, (1, 2)
 
-# Trained codec state (residual centroids, PQ codebooks) of every index in a schema: one bytea row per state array, keyed by
-# the index's table name, plus a "config" row with the codec's resolved options
-STATE = "muvera_codecs"
+# Engine state tables of a schema. STATE: trained codec state (residual centroids, PQ codebooks) of every index, one bytea row
+# per state array keyed by the index's table name, plus a "config" row with the codec's resolved options. GENERATIONS: how many
+# writes each index table has committed and who made the last one, so that a writer can tell its view is stale
+STATE, GENERATIONS = "muvera_codecs", "muvera_generations"
+
+# Names an index table may not take, in any schema (txtai's content tables live in the search_path's default schema, which may
+# be the index's): txtai's content database (documents, objects, sections, its per-connection batch and scores tables, the
+# rebuild tables of a reindex, rebuild<ms> on a client database), the default tables of txtai's other PostgreSQL components
+# (ann pgvector and pgsparse, scoring pgtext) and this engine's state tables
+TXTAI = ("documents", "objects", "sections", "batch", "scores", "rebuild", "vectors", "svectors", "scoring")
+RESERVED = TXTAI + (STATE, GENERATIONS)
+
+# First key of the advisory locks of writer leases, pg_try_advisory_lock(int, int): "muve" in ASCII. The second key is a hash of
+# the schema-qualified table name.
+NAMESPACE = 0x6D757665
+
+# Connections of joined() blocks, per thread (innermost last), and savepoint names of the reads and writes run on them
+JOINED, SAVEPOINTS = threading.local(), itertools.count()
 
 # FDE candidate search: HNSW over a count-sketch of the FDE then exact re-scoring, HNSW on the FDE itself, or an exact scan
 INDEXES = ("auto", "sketch", "halfvec", "flat")
@@ -56,6 +80,40 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,58}$")
 DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
 
+class LeaseError(RuntimeError):
+    """
+    Raised when a write finds the index table's write lease held by another process (see PGVectorStorage).
+    """
+
+
+class StaleError(RuntimeError):
+    """
+    Raised when a write finds that another writer committed to the index table since this instance loaded it or last wrote.
+    """
+
+
+@contextmanager
+def joined(connection):
+    """
+    Runs every PGVectorStorage read and write of the calling thread on a caller's psycopg 3 connection while the block runs,
+    when the storage's database is that connection's (same host, port, dbname and user): each write inside a SAVEPOINT, rolled
+    back to it on error, each read inside one rolled back after it. The connection's transaction belongs to the caller, who
+    commits or rolls it back: content rows and index rows in one database then commit together. The write lease still applies.
+    Storages of other databases, and other threads, use their own connections.
+
+    Args:
+        connection: psycopg.Connection with autocommit off, or a callable returning one (or None: no join), called when a
+                    storage needs it
+    """
+
+    stack = JOINED.__dict__.setdefault("stack", [])
+    stack.append(connection)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
 class PGVectorStorage(Storage):
     """
     One PostgreSQL table keyed by index id: `id bigint`, `fde halfvec(dimensions)`, `tokens bytea` (the token matrix in the
@@ -65,7 +123,15 @@ class PGVectorStorage(Storage):
     Every codec of codecs.CODECS is stored. Codecs that need training (residual, pq) train on a sample of the first write's
     tokens (an index built empty: of the first write that has tokens); their state goes to the `muvera_codecs` table of the same
     schema, keyed by table name, in that write's transaction. Later writes (upserts) keep the trained state, as the file engine
-    does, so stored codes never change.
+    does, so stored codes never change, unless it learned from too few rows (codecs.Codec.trusted): the write after which the
+    table holds enough tokens retrains it and re-encodes the stored rows, in its transaction.
+
+    One process writes a table at a time. The first write takes the table's lease, a session-level advisory lock held on a
+    connection of its own until `close` (the server drops it with a process that dies); a write of another process is refused
+    at once with a LeaseError naming the holder. Each write also counts itself in the `muvera_generations` table: a write whose
+    engine has not seen the table's last write (another process wrote since it loaded) is refused with a StaleError, since the
+    ids and content of its index are out of date. Reads need neither. Inside `joined`, reads and writes run on the caller's
+    connection and commit with its transaction.
 
     pgvector's HNSW indexes halfvec up to 4,000 dims. Smaller FDEs are indexed as they are (`halfvec_ip_ops`). Larger ones are
     count-sketched (a fixed random sign and bucket per FDE dim, inner products kept in expectation) to `sketch` dims and
@@ -74,10 +140,13 @@ class PGVectorStorage(Storage):
     Hamming) kept 37%. The table's comment holds its settings as JSON.
 
     Settings (the `pgvector` sub-dict of the scoring config): `url` (SQLAlchemy URL, else env ANN_URL), `schema`, `table`
-    (default `muvera`), `index` (auto, sketch, halfvec, flat), `sketch` (dims, <= 4,000), `oversample` (sketch candidates per
-    requested candidate), `m`, `efconstruction`, `efsearch` (HNSW). The token codec is the scoring config's `tokens`, its
-    options the sub-dict named after it (e.g. `residual: {bits: 2}`).
+    (default `muvera`, not one of RESERVED), `index` (auto, sketch, halfvec, flat), `sketch` (dims, <= 4,000), `oversample`
+    (sketch candidates per requested candidate), `m`, `efconstruction`, `efsearch` (HNSW). The token codec is the scoring
+    config's `tokens`, its options the sub-dict named after it (e.g. `residual: {bits: 2}`).
     """
+
+    # The table is the source of truth: it may hold writes committed after the index folder was saved
+    files = False
 
     def __init__(self, config, dimensions, dim):
         if not PGVECTOR:
@@ -102,13 +171,11 @@ class PGVectorStorage(Storage):
         self.dimensions, self.dim = int(dimensions), int(dim)
 
         # Token codec: untrained until the first write with tokens when it needs training (residual, pq)
-        options = config.get(self.tokens) if isinstance(config.get(self.tokens), dict) else {}
-        self.codec = codecmodule.create(self.tokens, self.dim, **options)
+        self.options = config.get(self.tokens) if isinstance(config.get(self.tokens), dict) else {}
+        self.codec = codecmodule.create(self.tokens, self.dim, **self.options)
 
         self.schema = self.identifier("schema", self.setting("schema", None), True)
-        self.table = self.identifier("table", self.setting("table", "muvera"))
-        if self.table == STATE:
-            raise ValueError(f"pgvector table {STATE!r} is reserved for trained codec state: choose another table name")
+        self.table = self.reserved(self.identifier("table", self.setting("table", "muvera")))
         self.index = self.setting("index", "auto")
         if self.index not in INDEXES:
             raise ValueError(f"Unknown index {self.index!r} for the pgvector backend, accepted: {', '.join(INDEXES)}")
@@ -134,6 +201,11 @@ class PGVectorStorage(Storage):
         # A new engine is a new index: its first write replaces the table (in that write's transaction); a loaded one appends
         self.fresh, self.ready = True, False
 
+        # Table writes this engine has seen (None until it loads or writes), its write lease (taken by the first write) with the
+        # finalizer that releases it, and writes made on a joined connection whose transaction has not been seen to end, as
+        # (transaction id, engine state before the write)
+        self.generation, self.writer, self.release, self.pending = None, None, None, []
+
         # Token rows fetched with the last search of each thread, so the re-rank reads the snapshot its candidates came from
         self.local = threading.local()
 
@@ -141,64 +213,254 @@ class PGVectorStorage(Storage):
         deletes = np.asarray(deletes, dtype=np.int64).reshape(-1)
         self.local.prefetched = {}
 
-        # A codec that needs training learns on a sample of this write's tokens: the write is staged first (batches are read
-        # once). The trained copy replaces the engine's codec only when the write commits.
-        codec, staged = self.codec, None
-        if not codec.trained:
-            staged = batches if isinstance(batches, Staged) else self.stage(batches)
-            if staged.store.tokens:
-                codec = copy.deepcopy(self.codec)
-                codec.train(staged.sample(SAMPLE))
+        # A write this engine may not make is refused before it is read: another process holds the table, or wrote since
+        self.settle()
+        self.acquire()
 
+        # A codec that trains or retrains on this write reads its tokens twice: the write is staged first (batches are read once)
+        staged = None
+        if not self.codec.trained or not self.codec.trusted:
+            staged = batches if isinstance(batches, Staged) else self.stage(batches)
+
+        before = (self.codec, self.fresh, self.ready, self.generation)
         try:
-            self.write(deletes, staged if staged is not None else batches, codec)
+            codec, generation, xid = self.write(deletes, staged if staged is not None else batches)
         finally:
             if staged is not None and staged is not batches:
                 staged.close()
 
-        self.codec = codec
-        self.fresh, self.ready = False, True
+        # The engine takes the write's state once it commits; a joined write's transaction ends later, see settle
+        self.codec, self.generation, self.fresh, self.ready = codec, generation, False, True
+        if xid is not None:
+            self.pending.append((xid, before))
 
-    def write(self, deletes, batches, codec):
+    def write(self, deletes, batches):
         """
-        Runs one write in one transaction: the new table (first write), the deletes, the codec state (when it was trained by
-        this write), the rows and the candidate index (first write). Rolls back on any error.
+        Runs one write in one transaction (a savepoint of the caller's inside `joined`): the stale check and write count, the new
+        table (first write), the deletes, the codec when this write trains one (its state, and the stored rows it re-encodes),
+        the rows and the candidate index (first write). Rolls back on any error.
 
         Args:
             deletes: int64 ids to remove
+            batches: iterable of (ids, fdes, matrices), a Staged when the codec may train
+
+        Returns:
+            (codec that encoded the rows, table generation after the write, id of the joined transaction or None)
+        """
+
+        with self.session(write=True) as (cursor, attached):
+            generation = self.advance(cursor)
+            if self.fresh:
+                self.create(cursor)
+            elif len(deletes):
+                cursor.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.name()), (deletes.tolist(),))
+
+            codec = self.train(cursor, batches)
+            if codec is not self.codec:
+                self.savestate(cursor, codec)
+
+            self.copy(cursor, batches, codec)
+
+            # Bulk build: the HNSW index of a new table is built once, after its rows are in
+            if self.fresh:
+                self.build(cursor)
+
+            xid = cursor.execute("SELECT pg_current_xact_id()::text").fetchone()[0] if attached else None
+
+        return codec, generation, xid
+
+    def copy(self, cursor, batches, codec):
+        """
+        Adds rows with one binary COPY (no text round trip for 10k-dim FDEs and token bytes).
+
+        Args:
+            cursor: psycopg cursor, in the write's transaction
             batches: iterable of (ids, fdes, matrices)
             codec: codec that encodes the rows
         """
 
+        columns = "id, fde, tokens, code" if self.sketch else "id, fde, tokens"
+        statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(self.name(), sql.SQL(columns))
+        try:
+            with cursor.copy(statement) as writer:
+                writer.set_types(["int8", "halfvec", "bytea", "halfvec"][: 4 if self.sketch else 3])
+                for ids, fdes, matrices in batches:
+                    ids, fdes, tokens, codes = self.rows(ids, fdes, matrices, codec)
+                    for x, (uid, fde, row) in enumerate(zip(ids, fdes, tokens)):
+                        writer.write_row((uid, HalfVector(fde), row, HalfVector(codes[x])) if self.sketch else (uid, HalfVector(fde), row))
+        except psycopg.errors.UniqueViolation as error:
+            # Ids are written once (a replaced document is deleted in the same write): the table holds rows this index does not
+            # know, written by an index whose content was not saved with them, or by another index using the same table
+            raise ValueError(
+                f"Write refused: {error.diag.message_detail or 'an id'} in table {self.qualified()}. The table holds rows this index "
+                "does not know: another index writes this table, or a writer committed rows whose content was never saved"
+            ) from error
+
+    def train(self, cursor, batches):
+        """
+        The codec of this write: the current one, unless it needs training and this write brings the first tokens (trained on a
+        sample of them), or it learned from too few rows (codecs.Codec.trusted) and the table holds `enough` tokens after this
+        write. Then a new codec learns from a sample of every token the table will hold (the stored rows, few by definition,
+        decoded, plus this write's) and the stored rows are re-encoded with it, in this write's transaction.
+
+        Args:
+            cursor: psycopg cursor, in the write's transaction, after its deletes
+            batches: the write's batches: a Staged when the codec may train
+
+        Returns:
+            Codec, the current one when nothing was trained
+        """
+
+        current = self.codec
+        if (current.trained and current.trusted) or not isinstance(batches, Staged) or not batches.store.tokens:
+            return current
+
+        # A fresh codec from the configured options: a trained one has resolved them for its sample (e.g. residual centroids)
+        codec = codecmodule.create(self.tokens, self.dim, **self.options)
+        if self.fresh or not current.trained:
+            codec.train(batches.sample(SAMPLE))
+            return codec
+
+        rows = cursor.execute(sql.SQL("SELECT id, tokens FROM {} WHERE length(tokens) > 0 ORDER BY id").format(self.name())).fetchall()
+        tokens, offsets, _ = self.decode([bytes(row[1]) for row in rows])
+        tokens = np.asarray(tokens, dtype=np.float32)
+        stored, total = len(tokens), len(tokens) + batches.store.tokens
+        if total < current.enough:
+            return current
+
+        # Rows drawn from the stored documents and this write's in proportion to their tokens
+        share = stored if total <= SAMPLE else round(SAMPLE * stored / total)
+        picked = np.sort(np.random.default_rng(0).choice(stored, share, replace=False))
+        codec.train(np.concatenate([tokens[picked], batches.sample(min(SAMPLE, total) - share)]))
+
+        if rows:
+            encoded = self.encode(np.split(tokens, offsets[1:-1]), codec)
+            statement = sql.SQL("UPDATE {} SET tokens = %s WHERE id = %s").format(self.name())
+            cursor.executemany(statement, [(value, row[0]) for value, row in zip(encoded, rows)])
+
+        return codec
+
+    def advance(self, cursor):
+        """
+        Counts this write in the table's generation row, after checking that no other writer committed since this engine loaded
+        the table or last wrote to it (a new index replaces the table, whatever it held). The row stays locked until the write
+        ends, so writes of one table queue there even past the lease.
+
+        Args:
+            cursor: psycopg cursor, first statement of the write's transaction
+
+        Returns:
+            table generation after this write
+        """
+
+        table = self.name(GENERATIONS)
+        row = cursor.execute(
+            sql.SQL("SELECT generation, writer, written FROM {} WHERE tablename = %s FOR UPDATE").format(table), (self.table,)
+        ).fetchone()
+        stored = row[0] if row else 0
+        if not self.fresh and stored != self.generation:
+            writer, written = (row[1], f" at {row[2].isoformat(timespec='seconds')}") if row else ("another writer", "")
+            raise StaleError(
+                f"pgvector index table {self.qualified()} changed since this instance loaded it: its last write ({stored}) was "
+                f"committed by {writer}{written}, this instance has seen write {self.generation}. Its ids and content are out of "
+                "date: load the index again, then write"
+            )
+
+        cursor.execute(
+            sql.SQL(
+                "INSERT INTO {} (tablename, generation, writer, written) VALUES (%s, %s, %s, now()) ON CONFLICT (tablename) DO UPDATE "
+                "SET generation = EXCLUDED.generation, writer = EXCLUDED.writer, written = EXCLUDED.written"
+            ).format(table),
+            (self.table, stored + 1, writername()),
+        )
+
+        return stored + 1
+
+    def settle(self):
+        """
+        Resolves writes made on a joined connection once their transaction has ended: kept when it committed, undone in this
+        engine's state (codec, table state, generation) when it rolled back. While it is open, the engine keeps the state the
+        write left, which a read of another thread may find ahead of its snapshot.
+        """
+
+        while self.pending:
+            xid, before = self.pending[0]
+            with self.session() as (cursor, _):
+                status = cursor.execute("SELECT pg_xact_status(%s::xid8)::text", (xid,)).fetchone()[0]
+
+                # Too old for the server to tell: the table's generation does
+                if status is None:
+                    status = "committed" if self.written(cursor) == self.generation else "aborted"
+
+            if status == "in progress":
+                return
+
+            if status == "aborted":
+                # Later writes built on this one: their transaction is the same or could not commit (see advance)
+                self.codec, self.fresh, self.ready, self.generation = before
+                self.pending, self.local.prefetched = [], {}
+                return
+
+            self.pending.pop(0)
+
+    def acquire(self):
+        """
+        Takes the table's write lease before this engine's first write (see Lease) and checks it before every later one.
+        """
+
+        if self.writer is not None:
+            self.writer.check()
+            return
+
+        with self.session() as (cursor, _):
+            # The lease is keyed by the table's schema as the server resolves it (search_path) when none is set
+            schema = self.schema or cursor.execute("SELECT current_schema()").fetchone()[0]
+
+        qualified = f'"{schema}"."{self.table}"'
+        lease = Lease.acquire((os.getpid(), *self.server[:3], qualified), (NAMESPACE, lockkey(qualified)), qualified, self.dedicated)
+        self.writer, self.release = lease, weakref.finalize(self, lease.release)
+        try:
+            self.prepare()
+        except BaseException:
+            self.release()
+            self.writer = self.release = None
+            raise
+
+    def prepare(self):
+        """
+        Creates the schema and its generations table when missing, in a short transaction of its own: first writes of several
+        tables then never race to create them.
+        """
+
         with self.connection() as conn:
             try:
-                with conn.cursor() as cursor:
-                    if self.fresh:
-                        self.create(cursor)
-                    elif len(deletes):
-                        cursor.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.name()), (deletes.tolist(),))
-
-                    if codec is not self.codec:
-                        self.savestate(cursor, codec)
-
-                    # Binary COPY: no text round trip for 10k-dim FDEs and token bytes
-                    columns = "id, fde, tokens, code" if self.sketch else "id, fde, tokens"
-                    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(self.name(), sql.SQL(columns))
-                    with cursor.copy(statement) as writer:
-                        writer.set_types(["int8", "halfvec", "bytea", "halfvec"][: 4 if self.sketch else 3])
-                        for ids, fdes, matrices in batches:
-                            ids, fdes, tokens, codes = self.rows(ids, fdes, matrices, codec)
-                            for x, (uid, fde, row) in enumerate(zip(ids, fdes, tokens)):
-                                writer.write_row((uid, HalfVector(fde), row, HalfVector(codes[x])) if self.sketch else (uid, HalfVector(fde), row))
-
-                    # Bulk build: the HNSW index of a new table is built once, after its rows are in
-                    if self.fresh:
-                        self.build(cursor)
-
+                if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(GENERATIONS),)).fetchone()[0]:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (NAMESPACE, lockkey(self.qualified(GENERATIONS))))
+                    if self.schema:
+                        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                    columns = "tablename text PRIMARY KEY, generation bigint NOT NULL, writer text NOT NULL, written timestamptz NOT NULL"
+                    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.name(GENERATIONS), sql.SQL(columns)))
                 conn.commit()
             except BaseException:
-                conn.rollback()
+                quietly(conn.rollback)
                 raise
+
+    def written(self, cursor):
+        """
+        Reads the table's generation: the writes committed to it, 0 for a table written before generations were kept.
+
+        Args:
+            cursor: psycopg cursor
+
+        Returns:
+            int
+        """
+
+        if not cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(GENERATIONS),)).fetchone()[0]:
+            return 0
+
+        row = cursor.execute(sql.SQL("SELECT generation FROM {} WHERE tablename = %s").format(self.name(GENERATIONS)), (self.table,)).fetchone()
+        return row[0] if row else 0
 
     def stage(self, batches):
         """
@@ -233,6 +495,7 @@ class PGVectorStorage(Storage):
         limit = self.positive("limit", limit)
         scores, ids = np.zeros((len(queries), limit), dtype=np.float32), np.full((len(queries), limit), -1, dtype=np.int64)
         self.local.prefetched = {}
+        self.settle()
         if not self.ready or not len(queries):
             return scores, ids
 
@@ -242,26 +505,24 @@ class PGVectorStorage(Storage):
         prefetch = options.rerank is not False and self.config.get("rerank", True) is not False
         statement = self.query(candidates, prefetch)
 
-        with self.connection() as conn:
-            try:
-                with conn.cursor() as cursor:
-                    # One snapshot for every query of the call; SET LOCAL ends with the transaction
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    if self.index != "flat":
-                        cursor.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(efsearch)))
-                        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        with self.session() as (cursor, attached):
+            # One snapshot for every query of the call (joined: the caller's transaction's). SET LOCAL ends with the transaction,
+            # or joined, with the read's savepoint.
+            if not attached:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if self.index != "flat":
+                cursor.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(efsearch)))
+                cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
 
-                        # The planner prices a scan of out-of-line vectors far too low and skips the HNSW index on small tables
-                        cursor.execute("SET LOCAL enable_seqscan = off")
-                    codes = self.code(queries) if self.sketch else queries
-                    for x, query in enumerate(queries):
-                        cursor.execute(statement, {"query": HalfVector(query), "code": HalfVector(codes[x]), "candidates": candidates, "limit": limit})
-                        for y, row in enumerate(cursor.fetchall()):
-                            ids[x, y], scores[x, y] = row[0], row[1]
-                            if prefetch:
-                                self.local.prefetched[row[0]] = row[2]
-            finally:
-                conn.rollback()
+                # The planner prices a scan of out-of-line vectors far too low and skips the HNSW index on small tables
+                cursor.execute("SET LOCAL enable_seqscan = off")
+            codes = self.code(queries) if self.sketch else queries
+            for x, query in enumerate(queries):
+                cursor.execute(statement, {"query": HalfVector(query), "code": HalfVector(codes[x]), "candidates": candidates, "limit": limit})
+                for y, row in enumerate(cursor.fetchall()):
+                    ids[x, y], scores[x, y] = row[0], row[1]
+                    if prefetch:
+                        self.local.prefetched[row[0]] = row[2]
 
         return scores, ids
 
@@ -279,24 +540,20 @@ class PGVectorStorage(Storage):
         return self.decode([rows[uid] for uid in ids.tolist()], decode)
 
     def count(self):
+        self.settle()
         if not self.ready:
             return 0
 
-        with self.connection() as conn:
-            try:
-                return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.name())).fetchone()[0]
-            finally:
-                conn.rollback()
+        with self.session() as (cursor, _):
+            return cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(self.name())).fetchone()[0]
 
     def ids(self):
+        self.settle()
         if not self.ready:
             return np.zeros(0, dtype=np.int64)
 
-        with self.connection() as conn:
-            try:
-                rows = conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(self.name())).fetchall()
-            finally:
-                conn.rollback()
+        with self.session() as (cursor, _):
+            rows = cursor.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(self.name())).fetchall()
 
         return np.array([row[0] for row in rows], dtype=np.int64)
 
@@ -306,17 +563,16 @@ class PGVectorStorage(Storage):
             bytes the table, its TOAST data and its indexes take in the database
         """
 
+        self.settle()
         if not self.ready:
             return 0
 
-        with self.connection() as conn:
-            try:
-                return conn.execute("SELECT pg_total_relation_size(%s::regclass)", (self.qualified(),)).fetchone()[0]
-            finally:
-                conn.rollback()
+        with self.session() as (cursor, _):
+            return cursor.execute("SELECT pg_total_relation_size(%s::regclass)", (self.qualified(),)).fetchone()[0]
 
     def save(self, path):
         # An index saved before its first write is an empty table
+        self.settle()
         if self.fresh:
             self.apply(np.zeros(0, dtype=np.int64), [])
 
@@ -330,15 +586,24 @@ class PGVectorStorage(Storage):
         header = readjson(os.path.join(path, "header.json"), "pgvector storage header")
         self.check(header, f"Saved pgvector storage at {path}")
 
+        # The generation is read first: a write committed after it makes this engine's view stale, never the other way round
+        with self.session() as (cursor, _):
+            generation = self.written(cursor)
+
         stored = self.describe()
         if stored is None:
             raise ValueError(f"Table {self.qualified()} not found in the database: the index saved at {path} needs it")
         self.check(stored, f"Table {self.qualified()}")
 
         self.codec = self.loadstate()
-        self.fresh, self.ready = False, True
+        self.fresh, self.ready, self.generation, self.pending = False, True, generation, []
 
     def close(self):
+        # The lease goes first: another process may write as soon as this one stops
+        if self.release is not None:
+            self.release()
+            self.writer, self.release = None, None
+
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
@@ -364,7 +629,14 @@ class PGVectorStorage(Storage):
             what a stored table must match: its name, FDE and token shapes, codec and candidate index
         """
 
-        layout = {"schema": self.schema, "table": self.table, "dimensions": self.dimensions, "dim": self.dim, "tokens": self.tokens, "index": self.index}
+        layout = {
+            "schema": self.schema,
+            "table": self.table,
+            "dimensions": self.dimensions,
+            "dim": self.dim,
+            "tokens": self.tokens,
+            "index": self.index,
+        }
         return {**layout, "sketch": self.sketch, "seed": SEED if self.sketch else None}
 
     def check(self, stored, what):
@@ -389,7 +661,9 @@ class PGVectorStorage(Storage):
 
     def connect(self, url):
         """
-        Creates the SQLAlchemy engine (connection pool) and makes sure pgvector is installed.
+        Creates the SQLAlchemy engine (connection pool) and makes sure pgvector is installed. Also sets what the engine knows
+        of its database: `server` (host, port, dbname, user, as psycopg reports them), `halfvec` (the type, registered on joined
+        connections' cursors) and `dedicated` (opens a connection outside the pool, for the write lease).
 
         Args:
             url: SQLAlchemy URL
@@ -399,7 +673,9 @@ class PGVectorStorage(Storage):
         """
 
         if not url:
-            raise ValueError("pgvector backend needs a url: set pgvector.url (postgresql+psycopg2://user@host/db) or the ANN_URL environment variable")
+            raise ValueError(
+                "pgvector backend needs a url: set pgvector.url (postgresql+psycopg2://user@host/db) or the ANN_URL environment variable"
+            )
 
         try:
             parsed = make_url(url)
@@ -422,11 +698,17 @@ class PGVectorStorage(Storage):
 
         # Fail here, with the server's message, rather than at the first write
         try:
-            with engine.connect():
-                pass
+            with engine.connect() as connection:
+                driver = connection.connection.driver_connection
+                self.server = (driver.info.host, driver.info.port, driver.info.dbname, driver.info.user)
+                self.halfvec = TypeInfo.fetch(driver, "halfvec")
         except Exception as error:
             engine.dispose()
             raise ConnectionError(f"Unable to connect to PostgreSQL at {parsed.render_as_string(hide_password=True)}: {error}") from error
+
+        # The connection arguments only, not the engine: a lease outlives the storage that took it when others share it
+        args, params = engine.dialect.create_connect_args(engine.url)
+        self.dedicated = functools.partial(dedicated, args, params)
 
         return engine
 
@@ -448,6 +730,80 @@ class PGVectorStorage(Storage):
         finally:
             raw.close()
 
+    @contextmanager
+    def session(self, write=False):
+        """
+        A cursor for one read or write. Inside `joined`, on the caller's connection when it is this engine's database: a write
+        runs inside a savepoint (rolled back to it on error), a read inside one rolled back after it, and the caller's transaction
+        is never ended. Otherwise on a pool connection, in a transaction of its own: committed after a write, rolled back after a
+        read or an error.
+
+        Args:
+            write: commit (pool) or keep (joined) what the block did
+
+        Returns:
+            (psycopg cursor, True when it runs on a joined connection)
+        """
+
+        attached = self.attached()
+        if attached is None:
+            with self.connection() as conn:
+                try:
+                    with conn.cursor() as cursor:
+                        yield cursor, False
+                except BaseException:
+                    quietly(conn.rollback)
+                    raise
+
+                if write:
+                    conn.commit()
+                else:
+                    conn.rollback()
+            return
+
+        # pgvector's types for this block's cursor only: the caller's connection keeps its own adapters
+        savepoint = sql.Identifier(f"txtai_muvera_{next(SAVEPOINTS)}")
+        attached.execute(sql.SQL("SAVEPOINT {}").format(savepoint))
+        try:
+            with attached.cursor() as cursor:
+                register_halfvec_info(cursor, self.halfvec)
+                yield cursor, True
+        except BaseException:
+            quietly(lambda: attached.execute(sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(savepoint)))
+            raise
+
+        if not write:
+            attached.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
+        attached.execute(sql.SQL("RELEASE SAVEPOINT {}").format(savepoint))
+
+    def attached(self):
+        """
+        The connection of the innermost `joined` block of this thread, when it is this engine's database.
+
+        Returns:
+            psycopg connection or None
+        """
+
+        stack = getattr(JOINED, "stack", None)
+        if not stack:
+            return None
+
+        connection = stack[-1]() if callable(stack[-1]) else stack[-1]
+        if connection is None:
+            return None
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"joined needs a psycopg 3 connection (psycopg.Connection), got {type(connection).__name__}")
+        if connection.closed:
+            raise psycopg.OperationalError("the joined connection is closed: its transaction is lost")
+
+        info = connection.info
+        if (info.host, info.port, info.dbname, info.user) != self.server:
+            return None
+        if connection.autocommit:
+            raise ValueError("joined needs a connection with autocommit off: the writes join its transaction, which the caller ends")
+
+        return connection
+
     def create(self, cursor):
         """
         Replaces the table with a new empty one (inside the caller's transaction).
@@ -456,19 +812,21 @@ class PGVectorStorage(Storage):
             cursor: psycopg cursor
         """
 
-        if self.schema:
-            cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
-
+        # The schema exists already: prepare, run with the lease, created it
         name = self.name()
         cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
         code = sql.SQL(", code halfvec({}) NOT NULL").format(sql.Literal(self.sketch)) if self.sketch else sql.SQL("")
         cursor.execute(
-            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, fde halfvec({}) NOT NULL, tokens bytea NOT NULL{})").format(name, sql.Literal(self.dimensions), code)
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, fde halfvec({}) NOT NULL, tokens bytea NOT NULL{})").format(
+                name, sql.Literal(self.dimensions), code
+            )
         )
 
         # Token bytes do not compress: store them out of line without trying
         cursor.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN tokens SET STORAGE EXTERNAL").format(name))
-        cursor.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(name, sql.Literal(json.dumps({"format": FORMAT, "version": VERSION, **self.layout()}))))
+        cursor.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(name, sql.Literal(json.dumps({"format": FORMAT, "version": VERSION, **self.layout()})))
+        )
 
         # Codec state of a previous index under this name goes with it (the state table is created when a codec needs it)
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(STATE),))
@@ -510,15 +868,12 @@ class PGVectorStorage(Storage):
         if self.codec.trained:
             return self.codec
 
-        with self.connection() as conn:
-            try:
-                rows = []
-                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(STATE),)).fetchone()[0]:
-                    statement = sql.SQL("SELECT part, value FROM {} WHERE tablename = %s").format(self.name(STATE))
-                    rows = conn.execute(statement, (self.table,)).fetchall()
-                stored = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE length(tokens) > 0)").format(self.name())).fetchone()[0]
-            finally:
-                conn.rollback()
+        with self.session() as (cursor, _):
+            rows = []
+            if cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.qualified(STATE),)).fetchone()[0]:
+                statement = sql.SQL("SELECT part, value FROM {} WHERE tablename = %s").format(self.name(STATE))
+                rows = cursor.execute(statement, (self.table,)).fetchall()
+            stored = cursor.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE length(tokens) > 0)").format(self.name())).fetchone()[0]
 
         state = {part: bytes(value) for part, value in rows}
         if "config" not in state:
@@ -551,7 +906,11 @@ class PGVectorStorage(Storage):
 
         cursor.execute(
             sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} halfvec_ip_ops) WITH (m = {}, ef_construction = {})").format(
-                sql.Identifier(f"{self.table}_fde"), self.name(), sql.Identifier("code" if self.sketch else "fde"), sql.Literal(self.m), sql.Literal(self.efconstruction)
+                sql.Identifier(f"{self.table}_fde"),
+                self.name(),
+                sql.Identifier("code" if self.sketch else "fde"),
+                sql.Literal(self.m),
+                sql.Literal(self.efconstruction),
             )
         )
 
@@ -734,11 +1093,9 @@ class PGVectorStorage(Storage):
             {id: bytes}
         """
 
-        with self.connection() as conn:
-            try:
-                rows = conn.execute(sql.SQL("SELECT id, tokens FROM {} WHERE id = ANY(%s)").format(self.name()), (list(ids),)).fetchall()
-            finally:
-                conn.rollback()
+        self.settle()
+        with self.session() as (cursor, _):
+            rows = cursor.execute(sql.SQL("SELECT id, tokens FROM {} WHERE id = ANY(%s)").format(self.name()), (list(ids),)).fetchall()
 
         return {uid: bytes(tokens) for uid, tokens in rows}
 
@@ -750,11 +1107,10 @@ class PGVectorStorage(Storage):
             settings dict from the table comment, or None when the table does not exist
         """
 
-        with self.connection() as conn:
-            try:
-                row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class'), to_regclass(%s) IS NOT NULL", (self.qualified(),) * 2).fetchone()
-            finally:
-                conn.rollback()
+        with self.session() as (cursor, _):
+            row = cursor.execute(
+                "SELECT obj_description(to_regclass(%s), 'pg_class'), to_regclass(%s) IS NOT NULL", (self.qualified(),) * 2
+            ).fetchone()
 
         if not row[1]:
             return None
@@ -805,9 +1161,32 @@ class PGVectorStorage(Storage):
         if value is None and optional:
             return None
         if not isinstance(value, str) or not IDENTIFIER.match(value):
-            raise ValueError(f"pgvector {name} must be a plain SQL identifier (letters, digits, underscores, 1-59 chars, no leading digit), got {value!r}")
+            raise ValueError(
+                f"pgvector {name} must be a plain SQL identifier (letters, digits, underscores, 1-59 chars, no leading digit), got {value!r}"
+            )
 
         return value
+
+    @staticmethod
+    def reserved(table):
+        """
+        Checks that a table name, and the names derived from it, are none of txtai's tables or this engine's state tables.
+
+        Args:
+            table: table name
+
+        Returns:
+            table
+        """
+
+        names = (table.lower(), f"{table}_fde".lower())
+        if any(name in RESERVED or re.fullmatch(r"rebuild\d+", name) for name in names):
+            raise ValueError(
+                f"pgvector table {table!r} is reserved, in any schema: txtai keeps its own tables under {', '.join(TXTAI)} and "
+                f"rebuild<digits>, this engine its state under {STATE}, {GENERATIONS}. Choose another table name"
+            )
+
+        return table
 
     @staticmethod
     def positive(name, value):
@@ -859,3 +1238,214 @@ def sketching(dimensions, size):
     order = np.argsort(buckets, kind="stable")
     used, starts = np.unique(buckets[order], return_index=True)
     return (order, starts, used), signs
+
+
+class Lease:
+    """
+    Write lease of one index table: a session-level advisory lock held on a connection of its own, for as long as a storage of
+    this process that wrote to the table is open. The server drops the lock with its connection, so a writer that dies never
+    blocks another. Storages of one process share the lease of a table (a rebuild runs beside the index it replaces).
+    """
+
+    # Leases this process holds, by process id, server, database and table, and the lock that guards them
+    held, guard = {}, threading.RLock()
+
+    def __init__(self, key, lock, qualified, connect):
+        """
+        Creates a lease, not yet taken.
+
+        Args:
+            key: registry key
+            lock: advisory lock keys (int, int)
+            qualified: schema-qualified table name, for messages
+            connect: opens the lease connection
+        """
+
+        self.key, self.lock, self.qualified, self.connect = key, lock, qualified, connect
+        self.connection, self.holders = None, 0
+
+    @classmethod
+    def acquire(cls, key, lock, qualified, connect):
+        """
+        Takes the lease of a table, or shares the one this process holds.
+
+        Args:
+            key: registry key
+            lock: advisory lock keys (int, int)
+            qualified: schema-qualified table name
+            connect: opens the lease connection
+
+        Returns:
+            Lease, released by each holder with release()
+        """
+
+        with cls.guard:
+            lease = cls.held.get(key)
+            if lease is None:
+                lease = cls(key, lock, qualified, connect)
+                lease.take()
+                cls.held[key] = lease
+            else:
+                lease.check()
+
+            lease.holders += 1
+            return lease
+
+    def check(self):
+        """
+        Makes sure the lease is held. A lost lease connection (server restart, terminated backend) lost the lock with it: it is
+        taken again, or refused when another writer holds it now (a write that one committed meanwhile makes this engine's view
+        stale, see PGVectorStorage.advance).
+        """
+
+        with Lease.guard:
+            try:
+                if self.connection is not None:
+                    self.connection.execute("SELECT 1")
+                    return
+            except psycopg.Error:
+                quietly(self.connection.close)
+                self.connection = None
+
+            self.take()
+
+    def take(self):
+        """
+        Opens the lease connection and takes the lock.
+        """
+
+        connection = self.connect()
+        try:
+            # A holder named after this process is its own lost lease connection, whose server session is still ending
+            for _ in range(40):
+                if connection.execute("SELECT pg_try_advisory_lock(%s, %s)", self.lock).fetchone()[0]:
+                    break
+                holder = self.holder(connection)
+                if not holder or holder[1] != writername():
+                    raise LeaseError(self.refusal(holder))
+                time.sleep(0.05)
+            else:
+                raise LeaseError(self.refusal(self.holder(connection)))
+        except BaseException:
+            quietly(connection.close)
+            raise
+
+        self.connection = connection
+
+    def release(self):
+        """
+        Releases one holder's share: the last one closes the lease connection, which unlocks.
+        """
+
+        with Lease.guard:
+            self.holders -= 1
+            if self.holders > 0:
+                return
+
+            if Lease.held.get(self.key) is self:
+                del Lease.held[self.key]
+            if self.connection is not None:
+                quietly(self.connection.close)
+                self.connection = None
+
+    def holder(self, connection):
+        """
+        Reads who holds the lock.
+
+        Args:
+            connection: any connection to the table's database
+
+        Returns:
+            (server pid, application name, client address, session start), None when nobody holds it
+        """
+
+        # Advisory lock keys show in pg_locks as unsigned oids
+        return connection.execute(
+            "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = %s::bigint::oid AND "
+            "l.objid = %s::bigint::oid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [key & 0xFFFFFFFF for key in self.lock],
+        ).fetchone()
+
+    def refusal(self, holder):
+        """
+        Explains a refused lease: who holds the table, and what to do.
+
+        Args:
+            holder: holder(), None when it was released meanwhile
+
+        Returns:
+            message
+        """
+
+        name = "another writer, gone since (write again)"
+        if holder:
+            pid, application, client, since = holder
+            name = application if application and application.startswith(WRITER) else f"server process {pid} ({application or 'unknown application'})"
+            details = (
+                [f"server pid {pid}"] + ([f"client {client}"] if client else []) + ([f"since {since.isoformat(timespec='seconds')}"] if since else [])
+            )
+            name = f"{name} ({', '.join(details)})"
+
+        return (
+            f"pgvector index table {self.qualified} is being written by {name}. One process writes an index at a time: write "
+            "through that process, or close the index there (or end it) and load the index again here. Searches need no lease"
+        )
+
+
+# Lease connections' application name starts with this, followed by the host and process id
+WRITER = "txtai-muvera writer"
+
+
+def writername():
+    """
+    Returns:
+        name of this process as a writer: application name of its lease connections, writer of its generations
+    """
+
+    return f"{WRITER} {socket.gethostname()[:30]} pid {os.getpid()}"
+
+
+def dedicated(args, params):
+    """
+    Opens a connection outside the pool for a write lease: autocommit, named after this process (pg_stat_activity shows who
+    holds a table).
+
+    Args:
+        args: positional connection arguments (SQLAlchemy's dialect)
+        params: keyword connection arguments
+
+    Returns:
+        psycopg connection
+    """
+
+    return psycopg.connect(*args, **{**params, "application_name": writername()}, autocommit=True)
+
+
+def lockkey(text):
+    """
+    Advisory lock key of a name: its CRC-32 as a signed 32-bit integer.
+
+    Args:
+        text: name
+
+    Returns:
+        int
+    """
+
+    value = zlib.crc32(text.encode("utf-8"))
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def quietly(function):
+    """
+    Runs a clean-up step whose failure must not hide the error being handled (a lost connection fails every step).
+
+    Args:
+        function: callable
+    """
+
+    try:
+        function()
+    except Exception:  # pylint: disable=W0718
+        pass
