@@ -201,20 +201,22 @@ class Failing:
         return getattr(self.connection, name)
 
 
-def inject(storage, point, monkeypatch):
+def inject(embeddings, point, monkeypatch):
     """
     Makes the storage engine's next write fail at one of two points each engine has.
 
     faiss: "first" fails the FDE index add (after every token row is in), "later" the token store add of the second chunk of
     1,024 documents. pgvector: "first" fails turning the second chunk into rows (the deletes and the first chunk are in the
-    transaction), "later" fails the commit itself (every statement ran).
+    transaction), "later" fails the commit itself (every statement ran): the engine's own commit, or with content in the same
+    database the commit of the one transaction that holds content and index rows.
 
     Args:
-        storage: storage engine
+        embeddings: Embeddings instance
         point: first or later
         monkeypatch: pytest monkeypatch
     """
 
+    storage = embeddings.scoring.storage
     if hasattr(storage, "fdes"):
         target = storage.fdes if point == "first" else storage.store
         original, calls = target.add, []
@@ -237,18 +239,24 @@ def inject(storage, point, monkeypatch):
 
         monkeypatch.setattr(storage, "rows", failing)
     else:
-        failcommit(storage, monkeypatch)
+        failcommit(embeddings, monkeypatch)
 
 
-def failcommit(storage, monkeypatch):
+def failcommit(embeddings, monkeypatch):
     """
-    Makes every commit of a pgvector engine's connections fail (see Failing).
+    Makes every commit of a pgvector engine's connections fail (see Failing), and with content in the same database every
+    commit of the content session, which then holds the index rows too.
 
     Args:
-        storage: pgvector storage engine
+        embeddings: Embeddings instance with a pgvector engine
         monkeypatch: pytest monkeypatch
     """
 
+    session = getattr(embeddings.database, "dbconnection", None) and embeddings.database.connection
+    if session is not None:
+        monkeypatch.setattr(session, "commit", lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+
+    storage = embeddings.scoring.storage
     original = storage.connection
 
     @contextmanager
@@ -265,7 +273,7 @@ def test_failed_storage_write(engine, checkpoint, point, monkeypatch, calls):
     before = state(embeddings)
 
     # Inject a failure in the storage engine's write (see inject)
-    inject(embeddings.scoring.storage, point, monkeypatch)
+    inject(embeddings, point, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         calls.upsert(embeddings, documents(1100, 1099, replace=100)[:-1])
 
@@ -313,7 +321,7 @@ def test_failed_delete(engine, checkpoint, monkeypatch, calls):
     if hasattr(storage, "store"):
         monkeypatch.setattr(storage.store, "delete", lambda ids: (_ for _ in ()).throw(OSError("injected")))
     else:
-        failcommit(storage, monkeypatch)
+        failcommit(embeddings, monkeypatch)
 
     with pytest.raises(OSError, match="injected|No space left"):
         calls.delete(embeddings, ["d1", "d2"])

@@ -311,9 +311,6 @@ def joined(embeddings):
     # pylint: disable=C0415
     from ..core import pgvector
 
-    if not hasattr(pgvector, "joined"):
-        return nullcontext()
-
     return pgvector.joined(lambda: driverconnection(embeddings.database))
 
 
