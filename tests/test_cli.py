@@ -175,7 +175,7 @@ def test_index_options(checkpoint, corpus, tmp_path, capsys):
         # torch's thread count is process wide
         torch.set_num_threads(threads)
     summary = capsys.readouterr().out
-    assert f"Indexed {len(TEXTS)} documents" in summary and "bytes on disk" in summary
+    assert f"Indexed {len(TEXTS)} documents" in summary and " kB on disk" in summary
 
     with open(output / "config.json", encoding="utf-8") as f:
         scoring = json.load(f)["scoring"]

@@ -34,6 +34,17 @@ KEYS = {"path", "preset", "vectors", "muvera", "ann", "fingerprint", "dimensions
 FIXED = ("float32", "float16", "int8")
 
 
+def default():
+    """
+    Preset of new indexes that name none.
+
+    Returns:
+        PRESET, or the TXTAI_MUVERA_PRESET environment variable when set
+    """
+
+    return os.environ.get("TXTAI_MUVERA_PRESET", PRESET)
+
+
 def codecs():
     """
     Accepted token codec names.
@@ -70,7 +81,7 @@ def check(config):
         raise ValueError(f"path must name a late-interaction checkpoint (local folder or hub id), got {path!r}")
 
     # A saved index (it has a fingerprint) without a preset was built with 0.1.0's settings: missing keys mean those
-    preset = config.get("preset") or ("exact" if config.get("fingerprint") else os.environ.get("TXTAI_MUVERA_PRESET", PRESET))
+    preset = config.get("preset") or ("exact" if config.get("fingerprint") else default())
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     config["preset"] = preset

