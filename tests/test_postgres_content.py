@@ -126,11 +126,9 @@ def test_writes_are_committed(server, checkpoint, tmp_path):
 
 
 def test_writer_dies_before_saving(server, checkpoint, tmp_path):
-    if server.backend == "faiss":
-        pytest.skip("an index in files is saved with its content rows: tests/test_crashes.py")
-
-    # A process loads a saved index, upserts and dies without saving: the saved folder still loads, with the rows the dead
-    # process committed (content and index agree), and the next write lands after them
+    # A process loads a saved index, upserts and dies without saving: the saved folder still loads. With a pgvector index it
+    # holds the rows the dead process committed (content and index agree) and the next write lands after them; with an index
+    # in files, content rows commit with the save, so it holds the saved index and its content, nothing of the dead process
     embeddings = Embeddings(config(server, checkpoint))
     embeddings.index(corpus(50))
     embeddings.save(str(tmp_path / "index"))
@@ -152,6 +150,13 @@ def test_writer_dies_before_saving(server, checkpoint, tmp_path):
 
     loaded = Embeddings()
     loaded.load(str(tmp_path / "index"))
+    if server.backend == "faiss":
+        assert loaded.count() == 50 and rows(loaded) == sorted((uid, text) for uid, text, _ in corpus(50))
+        loaded.upsert([("late", "music music history", None)])
+        assert loaded.count() == 51 and loaded.search("music music history", 1)[0]["id"] == "late"
+        loaded.close()
+        return
+
     assert loaded.count() == 60 and len(rows(loaded)) == 60
     assert loaded.search("select text from txtai where id = 'd3'")[0]["text"] == "food food food"
     assert loaded.search("food food food", 1)[0]["id"] == "d3"
