@@ -299,7 +299,10 @@ def test_writers(database, tmp_path):
     assert engine.ids().tolist() == expected(written["writes"] + 1)
     engine.close()
 
-    print(f"{written['writes']} writes in {written['seconds']:.1f} s, reader: {searched['rounds']} rounds, {searched['searches']} searches")
+    print(
+        f"{written['writes']} writes in {written['seconds']:.1f} s, second writer refused in {refused['seconds'] * 1000:.0f} ms, "
+        f"reader: {searched['rounds']} rounds, {searched['searches']} searches"
+    )
 
 
 @pytest.mark.parametrize("step", ["before-copy", "after-copy", "before-commit", "after-commit"])

@@ -751,14 +751,11 @@ class PGVectorStorage(Storage):
                 try:
                     with conn.cursor() as cursor:
                         yield cursor, False
-                except BaseException:
+                    if write:
+                        conn.commit()
+                finally:
+                    # Reads and failed writes end here; after a commit there is nothing left to roll back
                     quietly(conn.rollback)
-                    raise
-
-                if write:
-                    conn.commit()
-                else:
-                    conn.rollback()
             return
 
         # pgvector's types for this block's cursor only: the caller's connection keeps its own adapters
