@@ -32,7 +32,9 @@ def register():
       reach the caller as they are (not as txtai's "Unable to resolve scoring backend");
     - `Embeddings.index`, `upsert` and `delete` of a late-interaction instance run as transactions (`transaction`): a call that
       raises leaves the instance as it was, content rows included;
-    - the PostgreSQL content database of a late-interaction instance is `content.Client`, which reconnects after a server restart.
+    - the PostgreSQL content database of a late-interaction instance is `content.Client`, which reconnects after a server restart;
+    - `Embeddings.load` of a late-interaction instance with a pgvector index and content in the folder drops index rows without
+      content rows (a writer that died before saving).
 
     Every other config and instance is left exactly as it is. txtai is not imported here: hooks of txtai modules not imported
     yet are installed the moment txtai imports them, so `import txtai_muvera.core` stays free of txtai.
@@ -84,6 +86,7 @@ def install(module):
     else:
         for name in ("index", "upsert", "delete"):
             replace(module.Embeddings, name, writer(name, getattr(module.Embeddings, name)))
+        replace(module.Embeddings, "load", loader(module.Embeddings.load))
 
 
 def replace(owner, attribute, value):
@@ -179,6 +182,32 @@ def writer(name, original):
     method.__name__, method.__qualname__, method.__doc__ = original.__name__, original.__qualname__, original.__doc__
     method.__wrapped__ = original
     return method
+
+
+def loader(original):
+    """
+    Wraps txtai's Embeddings.load: a late-interaction index whose rows live in PostgreSQL while its content is in the saved
+    folder drops the rows a writer committed and never saved (`transaction.reconcile`).
+
+    Args:
+        original: txtai's Embeddings.load
+
+    Returns:
+        method
+    """
+
+    def load(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if islate(self.config, getattr(self, "scoring", None)):
+            # pylint: disable=C0415
+            from . import transaction
+
+            transaction.reconcile(self)
+
+        return result
+
+    load.__name__, load.__qualname__, load.__doc__, load.__wrapped__ = original.__name__, original.__qualname__, original.__doc__, original
+    return load
 
 
 def reindexing(args, kwargs):

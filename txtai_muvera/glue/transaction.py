@@ -16,10 +16,15 @@ copy.
 """
 
 import copy
+import logging
 import threading
 import uuid
 
 from contextlib import contextmanager, nullcontext
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # Top-level config keys txtai's writes change
 KEYS = ("offset", "autoid", "dimensions")
@@ -223,6 +228,40 @@ def transaction(embeddings):
         else:
             if cursor is not None:
                 cursor.execute(f"RELEASE SAVEPOINT {name}")
+
+
+def reconcile(embeddings):
+    """
+    Drops the index rows that have no content row, for an instance whose late-interaction index lives in a database (pgvector)
+    while its content is local (SQLite, saved in the index folder). Such rows are what a writer committed to the database and
+    never saved: their content died with it. Runs at load; needs the table's write lease, so it never touches the rows of a
+    live writer (then it only warns).
+
+    Args:
+        embeddings: Embeddings instance, just loaded
+    """
+
+    database, scoring = embeddings.database, getattr(embeddings, "scoring", None)
+    storage = getattr(scoring, "storage", None)
+    if storage is None or getattr(storage, "files", True) or database is None or clientsession(database) is not None:
+        return
+
+    connection = getattr(database, "connection", None)
+    indexids = {row[0] for row in connection.execute("SELECT indexid FROM sections")} if connection is not None else set()
+    if storage.count() == len(indexids):
+        return
+
+    orphans = np.array([uid for uid in storage.ids().tolist() if uid not in indexids], dtype=np.int64)
+    if not len(orphans):
+        return
+
+    try:
+        storage.apply(orphans, scoring.empty())
+    except RuntimeError as error:
+        logger.warning("%d index rows have no content row in this folder and were kept: %s", len(orphans), error)
+        return
+
+    logger.warning("Dropped %d index rows without content rows (written after the last save by a writer that did not save)", len(orphans))
 
 
 def ready(database):
