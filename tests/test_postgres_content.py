@@ -64,6 +64,26 @@ def corpus(size, start=0):
     return [(f"d{i}", " ".join(WORDS[(i * 7 + x) % len(WORDS)] for x in range(5)), None) for i in range(start, start + size)]
 
 
+def dies(path, documents):
+    """
+    Runs a process that loads the index at path, upserts documents and exits at once, without saving or closing anything.
+    """
+
+    script = textwrap.dedent(
+        f"""
+        import os
+        import txtai_muvera
+        from txtai import Embeddings
+
+        embeddings = Embeddings()
+        embeddings.load({str(path)!r})
+        embeddings.upsert({documents!r})
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
 def rows(embeddings):
     return sorted((row["id"], row["text"]) for row in embeddings.search("select id, text from txtai limit 100000"))
 
@@ -134,19 +154,7 @@ def test_writer_dies_before_saving(server, checkpoint, tmp_path):
     embeddings.save(str(tmp_path / "index"))
     embeddings.close()
 
-    script = textwrap.dedent(
-        f"""
-        import os
-        import txtai_muvera
-        from txtai import Embeddings
-
-        embeddings = Embeddings()
-        embeddings.load({str(tmp_path / "index")!r})
-        embeddings.upsert([("n%d" % i, "weather weather sports travel %d" % i, None) for i in range(10)] + [("d3", "food food food", None)])
-        os._exit(0)
-        """
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    dies(tmp_path / "index", [(f"n{i}", f"weather weather sports travel {i}", None) for i in range(10)] + [("d3", "food food food", None)])
 
     loaded = Embeddings()
     loaded.load(str(tmp_path / "index"))
@@ -181,19 +189,7 @@ def test_local_content_writer_dies_before_saving(server, checkpoint, tmp_path):
     embeddings.save(str(tmp_path / "index"))
     embeddings.close()
 
-    script = textwrap.dedent(
-        f"""
-        import os
-        import txtai_muvera
-        from txtai import Embeddings
-
-        embeddings = Embeddings()
-        embeddings.load({str(tmp_path / "index")!r})
-        embeddings.upsert([("n%d" % i, "weather weather sports travel %d" % i, None) for i in range(10)])
-        os._exit(0)
-        """
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    dies(tmp_path / "index", [(f"n{i}", f"weather weather sports travel {i}", None) for i in range(10)])
 
     loaded = Embeddings()
     loaded.load(str(tmp_path / "index"))

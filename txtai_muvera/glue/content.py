@@ -83,7 +83,7 @@ class Client(TxtaiClient):
         try:
             if not self.connection.is_active:
                 self.connection.rollback()
-            self.connection.execute(self.statement("SELECT 1"))
+            self.connection.execute(statement("SELECT 1"))
         except Exception as error:  # pylint: disable=W0718
             if not lost(error):
                 raise
@@ -117,20 +117,20 @@ class Client(TxtaiClient):
                 "dropped them, while the index in memory still has them. Load the index again from its last save."
             )
 
-    @staticmethod
-    def statement(text):
-        """
-        Args:
-            text: SQL text
 
-        Returns:
-            executable SQLAlchemy text clause
-        """
+def statement(text):
+    """
+    Args:
+        text: SQL text
 
-        # pylint: disable=C0415
-        from sqlalchemy import text as textsql
+    Returns:
+        executable SQLAlchemy text clause
+    """
 
-        return textsql(text)
+    # pylint: disable=C0415
+    from sqlalchemy import text as textsql
+
+    return textsql(text)
 
 
 def lost(error):

@@ -325,6 +325,9 @@ def align(embeddings):
         embeddings: Embeddings instance with a client database
     """
 
+    # pylint: disable=C0415
+    from .content import statement
+
     row = embeddings.database.connection.execute(statement("SELECT max(indexid) FROM sections")).first()
     if row is not None and row[0] is not None:
         embeddings.config["offset"] = max(int(embeddings.config.get("offset") or 0), int(row[0]) + 1)
@@ -384,21 +387,6 @@ def driverconnection(database):
 
     connection = session.connection().connection.driver_connection
     return connection if type(connection).__module__.startswith("psycopg") and not type(connection).__module__.startswith("psycopg2") else None
-
-
-def statement(text):
-    """
-    Args:
-        text: SQL text
-
-    Returns:
-        executable SQLAlchemy text clause
-    """
-
-    # pylint: disable=C0415
-    from sqlalchemy import text as textsql
-
-    return textsql(text)
 
 
 def clientsession(database):
