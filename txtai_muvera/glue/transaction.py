@@ -140,7 +140,8 @@ def delete(embeddings, ids):
             deleted = embeddings.delete(ids)
 
             # Commit the staged deletes of the late-interaction index inside the transaction, so a failure there rolls back too
-            embeddings.count()
+            if hasattr(embeddings.scoring, "settle"):
+                embeddings.scoring.settle()
 
     return deleted
 
@@ -183,7 +184,7 @@ def transaction(embeddings):
         # Apply deletes staged by earlier calls, so the rollback below undoes exactly this block
         scoring = embeddings.scoring if hasattr(embeddings.scoring, "rollback") else None
         if scoring:
-            scoring.count()
+            scoring.settle()
 
         saved = {key: copy.deepcopy(embeddings.config.get(key)) for key in KEYS if key in embeddings.config}
         ids = copy.copy(embeddings.ids) if getattr(embeddings, "ids", None) is not None else None
