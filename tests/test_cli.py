@@ -2,9 +2,11 @@
 Command line: index, search, info, standin and evaluate wiring, with one-line errors naming the bad file and line
 """
 
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+
+from txtai import Embeddings
+
+import txtai_muvera
 
 from txtai_muvera import ColBERT, Muvera, islateinteraction
 from txtai_muvera.tools import standin
@@ -156,13 +162,80 @@ def test_info(index, checkpoint, capsys):
     assert info["tokens"] > len(TEXTS)
     assert info["bytes on disk"] == sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(index) for n in names)
 
+    # How it was built: the tests' preset (exact), its codec, pooling, FDE index and candidates, and the build record
+    assert info["preset"] == "exact" and info["codec"] == {"name": "float16"} and info["pool"] == 1
+    assert info["fde index"] == {"type": "flat", "quantize": None} and info["candidates"] == 100 and info["rerank"] is True
+    assert info["txtai"] == importlib.metadata.version("txtai") and info["txtai-muvera"] == txtai_muvera.__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["created"]), info["created"]
+
     # Where the bytes go, part by part, largest first
     parts = info["bytes by part"]
     assert sum(parts.values()) == info["bytes on disk"] and "documents" in parts and any(x.startswith("scoring/") for x in parts)
     assert list(parts.values()) == sorted(parts.values(), reverse=True)
 
+    # Text: every value known, sizes for people
     assert main(["info", str(index)]) == 0
-    assert "documents" in capsys.readouterr().out
+    text = described(capsys.readouterr().out)
+    assert text["preset"] == "exact" and text["codec"] == "float16" and text["fde index"] == "flat" and text["candidates"] == "100"
+    assert text["fde dims"] == "256 (4 x 2^3 x 8)" and text["created"] == info["created"] and text["size"].endswith(" kB")
+
+
+def described(output):
+    """
+    Parses info's text output into {entry: value}, checking that no value is None.
+    """
+
+    lines = {}
+    for line in output.splitlines():
+        # "key  value", parts of the size indented under it
+        key, value = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+        lines[("  " if line.startswith("  ") else "") + key] = value
+
+    assert "None" not in output.split(), output
+    return lines
+
+
+def test_info_compact(checkpoint, corpus, tmp_path, capsys, monkeypatch):
+    # The package default preset, built by the command line and by txtai's Embeddings
+    monkeypatch.setenv("TXTAI_MUVERA_PRESET", "compact")
+    assert main(["index", str(corpus), str(tmp_path / "cli"), "--model", checkpoint, "--quiet"]) == 0
+
+    embeddings = Embeddings(sparse=checkpoint, content=True)
+    embeddings.index([{"id": f"d{i}", "text": text} for i, text in enumerate(TEXTS)])
+    embeddings.save(str(tmp_path / "api"))
+    embeddings.close()
+
+    for name in ("cli", "api"):
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / name), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["preset"] == "compact" and info["pool"] == 2 and info["candidates"] == 1000
+        assert info["codec"]["name"] == "residual" and info["codec"]["bits"] == 2 and info["codec"]["centroids"] >= 1
+        assert info["fde index"] == {"type": "flat", "quantize": "sq8"} and info["fde dims"] == 2048
+
+        assert main(["info", str(tmp_path / name)]) == 0
+        text = described(capsys.readouterr().out)
+        assert text["codec"] == f"residual, 2 bits, {info['codec']['centroids']} centroids" and text["fde index"] == "flat + sq8"
+        assert text["fde dims"] == "2,048 (20 x 2^5 x 16 = 10,240, count-sketched)" and text["pool"] == "2"
+
+        # The command line records the build; txtai's Embeddings does not, and info says so
+        if name == "cli":
+            assert info["txtai"] == importlib.metadata.version("txtai") and text["created"] == info["created"]
+        else:
+            assert info["created"].startswith("unknown (") and "Embeddings" in info["created"] and text["txtai"].startswith("unknown (")
+
+
+def test_info_legacy(fixtures, tmp_path, capsys):
+    # An index saved by 0.1.0: no preset or pooling recorded (its settings are the exact preset's), its build recorded by txtai
+    shutil.copytree(fixtures / "index-0.1.0" / "index", tmp_path / "index")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "index"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preset"] == "exact" and info["pool"] == 1 and info["codec"] == {"name": "float16"} and info["candidates"] == 100
+    assert info["txtai-muvera"] == "0.1.0" and info["txtai"] == "9.14.0" and info["created"] == "2026-11-29T20:16:26Z"
+
+    assert main(["info", str(tmp_path / "index")]) == 0
+    described(capsys.readouterr().out)
 
 
 def test_index_options(checkpoint, corpus, tmp_path, capsys):

@@ -270,7 +270,9 @@ def test_evaluate_settings():
     assert index["tokens"] == "int8" and index["ann"] == {"quantize": "sq8"} and index["candidates"] == 9
 
 
-@pytest.mark.parametrize("command, args", [("index", ["in.jsonl", "out"]), ("search", ["index", "query"]), ("standin", []), ("evaluate", ["folder"])])
+@pytest.mark.parametrize(
+    "command, args", [("index", ["in.jsonl", "out"]), ("search", ["index", "query"]), ("info", ["index"]), ("standin", []), ("evaluate", ["folder"])]
+)
 def test_usage_errors(capsys, command, args):
     # An unknown option: the command's usage, exit 2
     capsys.readouterr()

@@ -2,11 +2,17 @@
 Info command: what an index holds and how it was built, read from its saved files without loading the model
 """
 
+import importlib.metadata
 import json
 import os
 
 from ...core import files
+from .arguments import common
 from .errors import UsageError
+from .index import human
+
+# Saved index format versions whose writer recorded no preset, pooling or build metadata (txtai-muvera 0.1.0)
+LEGACY = 1
 
 
 def configure(subparsers):
@@ -15,11 +21,17 @@ def configure(subparsers):
 
     Args:
         subparsers: argparse sub-parsers
+
+    Returns:
+        the command's parser
     """
 
-    parser = subparsers.add_parser("info", help="show what an index holds and how it was built")
+    parser = subparsers.add_parser("info", help="show what an index holds and how it was built", allow_abbrev=False)
     parser.add_argument("index", help="index folder")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text (sizes in bytes)")
+    common(parser)
+
+    return parser
 
 
 def run(args):
@@ -41,12 +53,88 @@ def run(args):
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        width = max(len(key) for key in info)
-        for key, value in info.items():
-            value = json.dumps(value) if isinstance(value, (dict, list)) else value
-            print(f"{key:<{width}}  {value}")
+        print(text(info))
 
     return info
+
+
+def text(info):
+    """
+    Formats a description for people: one line per entry, sizes in kB / MB / GB, settings in words.
+
+    Args:
+        info: describe() dict
+
+    Returns:
+        str
+    """
+
+    codec, fde = info["codec"], info["fde index"]
+    lines = {
+        "index": info["index"],
+        "documents": f"{info['documents']:,}",
+        "tokens": f"{info['tokens']:,}" if isinstance(info["tokens"], int) else info["tokens"],
+        "model": info["model"],
+        "fingerprint": info["fingerprint"],
+        "preset": info["preset"],
+        "codec": ", ".join([codec["name"], *(f"{codec[key]} {key}" for key in ("bits", "centroids", "m") if codec.get(key) is not None)]),
+        "pool": info["pool"],
+        "token dim": info["token dim"],
+        "query length": info["query length"],
+        "document length": info["document length"],
+        "fde dims": dims(info),
+        "fde index": " + ".join(str(fde[key]) for key in ("type", "quantize") if fde.get(key)),
+        "candidates": f"{info['candidates']:,}" + ("" if info["rerank"] else " (MUVERA-only search by default)"),
+        "dense model": info["dense model"] or "none",
+        "content": "stored" if info["content"] else "none",
+        "txtai": versions(info["txtai"], info["installed"]["txtai"]),
+        "txtai-muvera": versions(info["txtai-muvera"], info["installed"]["txtai-muvera"]),
+        "created": info["created"],
+        "size": human(info["bytes on disk"]),
+        **{f"  {part}": human(size) for part, size in info["bytes by part"].items()},
+    }
+
+    width = max(len(key) for key in lines)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in lines.items())
+
+
+def dims(info):
+    """
+    Describes the FDE dimensions: repetitions x buckets x projection, and the count sketch when there is one.
+
+    Args:
+        info: describe() dict
+
+    Returns:
+        str
+    """
+
+    muvera = info["muvera"]
+    if not all(muvera.get(key) for key in ("repetitions", "hashes")):
+        return f"{info['fde dims']:,}"
+
+    projection = muvera.get("projection") or info["token dim"]
+    full = muvera["repetitions"] * 2 ** muvera["hashes"] * projection
+    shape = f"{muvera['repetitions']} x 2^{muvera['hashes']} x {projection}"
+    if full != info["fde dims"]:
+        return f"{info['fde dims']:,} ({shape} = {full:,}, count-sketched)"
+
+    return f"{info['fde dims']:,} ({shape})"
+
+
+def versions(built, installed):
+    """
+    Formats the version that built an index next to the installed one.
+
+    Args:
+        built: version recorded in the index, or "unknown (...)"
+        installed: installed version
+
+    Returns:
+        str
+    """
+
+    return f"{built} (installed {installed})" if built != installed else built
 
 
 def describe(path):
@@ -66,32 +154,116 @@ def describe(path):
         raise UsageError(f"{path} is a txtai index but not a txtai-muvera one (scoring method: {scoring.get('method')})")
 
     header = readjson(os.path.join(path, "scoring", "header.json"))
-    tokens = readjson(os.path.join(path, "scoring", "tokens", "header.json"))
+    legacy = header.get("version") == LEGACY
+    store = storage(path)
     muvera, ann, vectors = scoring.get("muvera", {}), scoring.get("ann", {}), scoring.get("vectors", {})
-    dense = config.get("path")
+
+    # Build metadata: written by `txtai-muvera index`; txtai's own, for an index that also has a dense part
+    build = scoring.get("build") or config.get("build") or {}
+    reason = unrecorded(legacy)
 
     return {
         "index": os.path.abspath(path),
         "documents": header.get("documents"),
-        "tokens": tokens.get("tokens"),
+        "tokens": store["tokens"],
         "model": scoring.get("path"),
         "fingerprint": scoring.get("fingerprint"),
-        "token dim": tokens.get("dim"),
-        "token dtype": tokens.get("dtype", scoring.get("tokens")),
+        # Indexes saved without a preset were built with 0.1.0's settings, which the exact preset keeps
+        "preset": scoring.get("preset") or "exact",
+        "codec": store["codec"],
+        "token dtype": store["dtype"],
+        "pool": header.get("pool", scoring.get("pool", 1)),
+        "token dim": store["dim"],
         "query length": vectors.get("query_length"),
         "document length": vectors.get("document_length"),
         "fde dims": scoring.get("dimensions"),
         "muvera": muvera,
+        "fde index": store["fde index"],
         "ann": {key: value for key, value in ann.items() if key in ("index", "type", "quantize", "hnsw", "ivf", "pq")},
-        "rerank": scoring.get("rerank"),
-        "candidates": scoring.get("candidates"),
-        "dense model": dense,
+        "rerank": scoring.get("rerank", True),
+        "candidates": scoring.get("candidates", 100),
+        "dense model": config.get("path"),
         "content": bool(config.get("content")),
-        "txtai": (scoring.get("build") or {}).get("txtai"),
-        "created": (scoring.get("build") or {}).get("create"),
+        "txtai": build.get("txtai", reason),
+        "txtai-muvera": build.get("txtai-muvera", "0.1.0" if legacy else reason),
+        "installed": {"txtai": installed("txtai"), "txtai-muvera": installed("txtai-muvera")},
+        "created": build.get("create", reason),
         "bytes on disk": size(path),
         "bytes by part": parts(path),
     }
+
+
+def storage(path):
+    """
+    Describes the storage engine's saved files: token codec and counts, FDE index type.
+
+    Args:
+        path: index folder
+
+    Returns:
+        dict with tokens, codec, dtype, dim, fde index
+    """
+
+    scoring = os.path.join(path, "scoring")
+
+    # PostgreSQL engine: the folder holds the table's layout, the rows live in the database
+    if os.path.isdir(os.path.join(scoring, "pgvector")):
+        layout = readjson(os.path.join(scoring, "pgvector", "header.json"))
+        table = ".".join(str(x) for x in (layout.get("schema"), layout.get("table")) if x)
+        return {
+            "tokens": f"in PostgreSQL table {table}",
+            "codec": {"name": layout.get("tokens")},
+            "dtype": layout.get("tokens"),
+            "dim": layout.get("dim"),
+            "fde index": {"type": f"pgvector {layout.get('index')}", "quantize": "sketch" if layout.get("sketch") else None},
+        }
+
+    tokens = readjson(os.path.join(scoring, "tokens", "header.json"))
+    fdes = readjson(os.path.join(scoring, "fdes", "header.json")).get("config", {})
+
+    # Indexes saved by 0.1.0 name only a dtype: float16 or float32 rows
+    codec = {key: value for key, value in (tokens.get("codec") or {"name": tokens.get("dtype")}).items() if key in ("name", "bits", "centroids", "m")}
+    return {
+        "tokens": tokens.get("tokens"),
+        "codec": codec,
+        "dtype": tokens.get("dtype") or codec["name"],
+        "dim": tokens.get("dim"),
+        "fde index": {"type": fdes.get("type"), "quantize": fdes.get("quantize")},
+    }
+
+
+def unrecorded(legacy):
+    """
+    Why an index has no build metadata.
+
+    Args:
+        legacy: True for an index saved by 0.1.0
+
+    Returns:
+        "unknown (reason)"
+    """
+
+    if legacy:
+        return "unknown (saved by txtai-muvera 0.1.0, which did not record it)"
+
+    return "unknown (not recorded: built through txtai's Embeddings API, which records no build metadata for late-interaction indexes)"
+
+
+def installed(name):
+    """
+    Installed version of a distribution.
+
+    Args:
+        name: distribution name
+
+    Returns:
+        version, or "not installed"
+    """
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def size(path):
