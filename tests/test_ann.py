@@ -492,3 +492,20 @@ def test_known_ids(tmp_path, kind, quantize):
     add([8, 9])
     add([8, 10])
     check()
+
+
+def test_small_collections_train_quietly(capfd):
+    # faiss k-means prints "WARNING clustering N points to K centroids" on stderr below 39 points per centroid: expected with
+    # a few documents (IVF lists, PQ codebooks, a residual codec on a first small write), so nothing foreign is printed
+    from txtai_muvera.core import codecs  # pylint: disable=C0415
+
+    vectors = np.random.default_rng(0).standard_normal((1200, 64)).astype(np.float32)
+    for options in [{"index": "ivf"}, {"index": "flat", "quantize": "pq", "pq": {"m": 8, "train": 300}}, {"index": "ivf", "quantize": "pq", "pq": {"m": 8, "train": 300}}]:
+        index = FDEIndex(64, **options)
+        index.index(np.arange(1200), vectors)
+        assert index.count() == 1200
+    codecs.create("residual", 64).train(vectors[:9])
+    codecs.create("pq", 64, m=8).train(vectors[:300])
+
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.err and "WARNING" not in captured.out

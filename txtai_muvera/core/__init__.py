@@ -1,10 +1,33 @@
 """
 Core: the txtai-free layers (encoder, MUVERA, MaxSim, token store and codecs, storage engines, files). Never imports txtai.
+
+Names are imported on first use, so that `import txtai_muvera` (and the command line's --help) does not load torch or faiss.
 """
 
-from .ann import FDEIndex
-from .maxsim import maxsim, maxsim_flat, maxsim_padded, rerank, topk
-from .models import ColBERT, islateinteraction
-from .muvera import Muvera
-from .options import SearchOptions
-from .store import TokenStore
+import importlib
+
+# Public names and the module that defines each
+EXPORTS = {
+    "FDEIndex": "ann",
+    "maxsim": "maxsim",
+    "maxsim_flat": "maxsim",
+    "maxsim_padded": "maxsim",
+    "rerank": "maxsim",
+    "topk": "maxsim",
+    "ColBERT": "models",
+    "islateinteraction": "models.checkpoint",
+    "Muvera": "muvera",
+    "SearchOptions": "options",
+    "TokenStore": "store",
+}
+
+
+def __getattr__(name):
+    if name in EXPORTS:
+        return getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
+
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *EXPORTS])

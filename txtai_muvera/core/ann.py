@@ -424,6 +424,7 @@ class FDEIndex:
             backend = faiss.IndexIDMap2(backend)
 
         if not backend.is_trained:
+            quiet(backend)
             sample = self.pq.get("sample") if self.quantize == "pq" and self.trained else None
             if sample and len(vectors) > int(sample):
                 rows = np.sort(np.random.default_rng(0).choice(len(vectors), int(sample), replace=False))
@@ -663,6 +664,22 @@ def unwrap(backend, file):
 
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
     return index
+
+
+def quiet(backend):
+    """
+    Lets faiss k-means (IVF lists, PQ codebooks) train on few vectors without its stderr warning (below 39 training points per
+    centroid): a small collection is an expected case here, not a user error. The warning's threshold is all this changes.
+
+    Args:
+        backend: faiss index about to be trained
+    """
+
+    index = faiss.downcast_index(backend.index) if isinstance(backend, (faiss.IndexIDMap, faiss.IndexIDMap2)) else backend
+    for part in (index, getattr(index, "pq", None)):
+        cp = getattr(part, "cp", None)
+        if cp is not None:
+            cp.min_points_per_centroid = 1
 
 
 def finite(vectors, what, ids=None):

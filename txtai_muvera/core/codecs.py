@@ -2,11 +2,15 @@
 Codecs module: how token rows are stored (plain floats, int8, residual or product quantization codes) and decoded for MaxSim
 """
 
+import logging
+
 import numpy as np
 import torch
 
 # Codes are decoded and multiplied a block of rows at a time, the block the MaxSim kernel widens float16 / int8 rows by
 from .maxsim import BLOCK
+
+logger = logging.getLogger(__name__)
 
 # Fewest training rows for a residual state kept for good (Codec.enough, Codec.trusted): 39 x 16, where Residual's sizing rule
 # reaches 16 centroids of >= 39 rows each. Measured with the stand-in (384-dim tokens, 2 bits), training on the first n tokens
@@ -359,8 +363,12 @@ class Residual(Codec):
         if k > len(sample):
             raise ValueError(f"Residual centroids ({k}) must not exceed the training rows ({len(sample)})")
 
-        kmeans = faiss.Kmeans(self.dim, k, niter=self.options["iterations"], seed=self.options["seed"], verbose=False)
+        # faiss warns on stderr below 39 rows per centroid; a small first write is expected here (the codec is then marked
+        # untrusted and retrained later), so say it once in our own log instead
+        kmeans = faiss.Kmeans(self.dim, k, niter=self.options["iterations"], seed=self.options["seed"], verbose=False, min_points_per_centroid=1)
         kmeans.train(sample)
+        if len(sample) < self.enough:
+            logger.info("Residual codec trained on %d token rows; it is retrained once the index holds %d", len(sample), self.enough)
         self.setcentroids(kmeans.centroids)
         self.options["centroids"], self.sample = k, len(sample)
 
@@ -592,7 +600,10 @@ class PQ(Codec):
 
         sample = self.checksample(sample, 1 << self.NBITS)
         quantizer = faiss.ProductQuantizer(self.dim, self.options["m"], self.NBITS)
+        quantizer.cp.min_points_per_centroid = 1
         quantizer.train(sample)
+        if len(sample) < self.enough:
+            logger.info("PQ codec trained on %d token rows; it is retrained once the index holds %d", len(sample), self.enough)
 
         m, ksub = self.options["m"], 1 << self.NBITS
         self.codebooks = faiss.vector_to_array(quantizer.centroids).reshape(m, ksub, self.dim // m).astype(np.float32)

@@ -6,7 +6,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-from ..core.models import islateinteraction
+from ..core.models.checkpoint import islateinteraction
 
 # Class path of the scoring class, written into saved configs: public API, never rename
 CLASS = "txtai_muvera.MuveraScoring"
