@@ -3,6 +3,8 @@ MuveraScoring module: the txtai scoring class of the package, a late-interaction
 exact MaxSim over the token matrices stored at index time
 """
 
+import datetime
+import importlib.metadata
 import logging
 import math
 import threading
@@ -109,6 +111,7 @@ class MuveraScoring(Scoring):
             staged.close()
 
         self.warn(staged)
+        self.config["build"] = build()
         previous, self.storage = self.storage, engine
         if previous is not None and previous is not engine:
             previous.close()
@@ -427,6 +430,25 @@ class MuveraScoring(Scoring):
         if staged.truncated:
             length = self.config["vectors"].get("document_length")
             logger.warning("%d of %d documents were cut at the model's document length (%s tokens)", staged.truncated, len(staged), length)
+
+
+def build():
+    """
+    Build record of a new index, like txtai's own dense indexes keep: creation time (ISO 8601, UTC) and the versions that built
+    it. Saved in config.json; `txtai-muvera info` shows it.
+
+    Returns:
+        dict
+    """
+
+    # pylint: disable=C0415
+    import txtai_muvera
+
+    return {
+        "create": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "txtai": importlib.metadata.version("txtai"),
+        "txtai-muvera": txtai_muvera.__version__,
+    }
 
 
 def positive(score):

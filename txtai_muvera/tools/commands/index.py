@@ -3,8 +3,6 @@ Index command: builds a saved txtai index from JSONL, CSV or a folder of text fi
 """
 
 import contextlib
-import datetime
-import importlib.metadata
 import logging
 import os
 import time
@@ -92,9 +90,6 @@ def run(args):
     with contextlib.ExitStack() as steps:
         embeddings.index(stream(documents, total, steps, args.quiet))
 
-    # Recorded like txtai records its own dense indexes' builds: `txtai-muvera info` shows it
-    embeddings.config["scoring"]["build"] = build()
-
     # Save next to the output and swap it in: a failed run leaves an existing index as it was
     with stage("Saving", args.quiet):
         durable.save(embeddings, output)
@@ -155,24 +150,6 @@ def rerank(args):
     """
 
     return {"rerank": args.rerank} if args.rerank is not None else {}
-
-
-def build():
-    """
-    Build metadata of a new index: creation time (ISO 8601, UTC) and the versions that built it.
-
-    Returns:
-        dict
-    """
-
-    # pylint: disable=C0415
-    import txtai_muvera
-
-    return {
-        "create": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "txtai": importlib.metadata.version("txtai"),
-        "txtai-muvera": txtai_muvera.__version__,
-    }
 
 
 def prepare(output, overwrite):
