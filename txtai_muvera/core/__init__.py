@@ -6,10 +6,10 @@ Names are imported on first use, so that `import txtai_muvera` (and the command 
 
 import importlib
 
-# Public names and the module that defines each
+# Public names and the module that defines each. The MaxSim function `maxsim` is not among them: its module has the same name,
+# which Python binds here once it is imported (use `txtai_muvera.maxsim` or `txtai_muvera.core.maxsim.maxsim`)
 EXPORTS = {
     "FDEIndex": "ann",
-    "maxsim": "maxsim",
     "maxsim_flat": "maxsim",
     "maxsim_padded": "maxsim",
     "rerank": "maxsim",
