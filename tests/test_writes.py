@@ -410,3 +410,14 @@ def test_database_failure_does_not_hang(engine, checkpoint, monkeypatch, calls):
     calls.upsert(embeddings, [("d9", "history history", None)])
     assert embeddings.search("select text from txtai where id = 'd9'")[0]["text"] == "history history"
     aligned(embeddings, checkpoint)
+
+
+def test_positional_arguments(engine, checkpoint):
+    # txtai's signatures, positionally: index(documents, reindex, checkpoint), upsert(documents, checkpoint); an upsert into an
+    # empty instance runs index
+    embeddings = Embeddings(engine.config({"path": checkpoint, "muvera": dict(MUVERA)}, batch=BATCH))
+    embeddings.upsert([("a", "music history", None)], None)
+    assert embeddings.count() == 1
+    embeddings.index([("a", "music history", None), ("b", "weather sports", None)], False, None)
+    embeddings.upsert([("c", "food travel", None)], None)
+    assert embeddings.count() == 3 and embeddings.search("food travel", 1)[0]["id"] == "c"

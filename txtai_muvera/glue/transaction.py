@@ -55,7 +55,7 @@ def inside():
         LOCAL.depth -= 1
 
 
-def index(embeddings, documents, **kwargs):
+def index(embeddings, documents, *args, **kwargs):
     """
     Builds a new index from documents, replacing the instance's index only when the build succeeds. txtai's index() replaces
     the database and the scoring index before it reads the first document, so the build runs in a new instance with the same
@@ -64,7 +64,8 @@ def index(embeddings, documents, **kwargs):
     Args:
         embeddings: Embeddings instance
         documents: iterable of documents, as for Embeddings.index
-        kwargs: further arguments for Embeddings.index
+        args: further positional arguments for Embeddings.index
+        kwargs: further keyword arguments for Embeddings.index
 
     Returns:
         embeddings
@@ -85,7 +86,7 @@ def index(embeddings, documents, **kwargs):
         fresh = type(embeddings)(config, models=embeddings.models)
         try:
             with joined(fresh):
-                fresh.index(documents, **kwargs)
+                fresh.index(documents, *args, **kwargs)
             if pgconfig(fresh.config):
                 commit(fresh.database)
         except BaseException:
@@ -99,14 +100,15 @@ def index(embeddings, documents, **kwargs):
     return embeddings
 
 
-def upsert(embeddings, documents, **kwargs):
+def upsert(embeddings, documents, *args, **kwargs):
     """
     Upserts documents; a call that raises leaves the instance as it was (index, content rows, offsets).
 
     Args:
         embeddings: Embeddings instance
         documents: iterable of documents, as for Embeddings.upsert
-        kwargs: further arguments for Embeddings.upsert
+        args: further positional arguments for Embeddings.upsert
+        kwargs: further keyword arguments for Embeddings.upsert
 
     Returns:
         embeddings
@@ -115,10 +117,11 @@ def upsert(embeddings, documents, **kwargs):
     with inside():
         # txtai runs a full index() when the instance is empty: that path replaces everything, so build and swap instead
         if not embeddings.count():
-            return index(embeddings, documents, **kwargs)
+            # txtai's upsert takes (documents, checkpoint); its index takes (documents, reindex, checkpoint)
+            return index(embeddings, documents, **({"checkpoint": args[0]} if args else {}), **kwargs)
 
         with transaction(embeddings):
-            embeddings.upsert(documents, **kwargs)
+            embeddings.upsert(documents, *args, **kwargs)
 
     return embeddings
 
