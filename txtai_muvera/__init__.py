@@ -6,7 +6,7 @@ with exact MaxSim re-ranking. `unregister()` undoes it. The package imports txta
 `txtai_muvera.core` (encoder, MUVERA, MaxSim, token store, FDE indexes) never imports it.
 """
 
-import importlib
+from .core.lazy import exports
 
 from .glue.registry import isregistered, register, unregister
 
@@ -34,16 +34,7 @@ EXPORTS = {
 }
 
 
-def __getattr__(name):
-    if name in EXPORTS:
-        module = importlib.import_module(f".{EXPORTS[name]}", __name__)
-        return getattr(module, name) if hasattr(module, name) else importlib.import_module(f".{EXPORTS[name]}.{name}", __name__)
-
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *EXPORTS])
+__getattr__, __dir__ = exports(__name__, EXPORTS)
 
 
 register()

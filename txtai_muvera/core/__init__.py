@@ -4,7 +4,7 @@ Core: the txtai-free layers (encoder, MUVERA, MaxSim, token store and codecs, st
 Names are imported on first use, so that `import txtai_muvera` (and the command line's --help) does not load torch or faiss.
 """
 
-import importlib
+from .lazy import exports
 
 # Public names and the module that defines each. The MaxSim function `maxsim` is not among them: its module has the same name,
 # which Python binds here once it is imported (use `txtai_muvera.maxsim` or `txtai_muvera.core.maxsim.maxsim`)
@@ -22,12 +22,4 @@ EXPORTS = {
 }
 
 
-def __getattr__(name):
-    if name in EXPORTS:
-        return getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
-
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *EXPORTS])
+__getattr__, __dir__ = exports(__name__, EXPORTS)
