@@ -2,6 +2,7 @@
 Registry module: makes `Embeddings(sparse=<late-interaction checkpoint>)` build a MuveraScoring index
 """
 
+import functools
 import importlib.abc
 import importlib.util
 import sys
@@ -170,6 +171,7 @@ def writer(name, original):
         method
     """
 
+    @functools.wraps(original)
     def method(self, *args, **kwargs):
         # pylint: disable=C0415
         from . import transaction
@@ -179,8 +181,6 @@ def writer(name, original):
 
         return getattr(transaction, name)(self, *args, **kwargs)
 
-    method.__name__, method.__qualname__, method.__doc__ = original.__name__, original.__qualname__, original.__doc__
-    method.__wrapped__ = original
     return method
 
 
@@ -196,6 +196,7 @@ def loader(original):
         method
     """
 
+    @functools.wraps(original)
     def load(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         if islate(self.config, getattr(self, "scoring", None)):
@@ -206,14 +207,13 @@ def loader(original):
 
         return result
 
-    load.__name__, load.__qualname__, load.__doc__, load.__wrapped__ = original.__name__, original.__qualname__, original.__doc__, original
     return load
 
 
 def reindexing(args, kwargs):
     """
     Args:
-        args: positional arguments of Embeddings.index after documents
+        args: positional arguments of Embeddings.index: documents, reindex, checkpoint
         kwargs: keyword arguments
 
     Returns:

@@ -390,7 +390,7 @@ def driverconnection(database):
         return None
 
     connection = session.connection().connection.driver_connection
-    return connection if type(connection).__module__.startswith("psycopg") and not type(connection).__module__.startswith("psycopg2") else None
+    return connection if type(connection).__module__.split(".")[0] == "psycopg" else None
 
 
 def clientsession(database):
