@@ -75,6 +75,24 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def pgurl():
+    """
+    URL of the PostgreSQL server of the tests (`postgres` starts one when none is named). Without one the calling test skips,
+    except under CI, which must run every PostgreSQL test.
+
+    Returns:
+        SQLAlchemy URL
+    """
+
+    url = os.environ.get("TXTAI_MUVERA_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL tests: .ci/run exports TXTAI_MUVERA_PG_URL")
+        pytest.skip("PostgreSQL: TXTAI_MUVERA_PG_URL is not set and no server could be started (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start))")
+
+    return url
+
+
 @pytest.fixture(scope="session")
 def fixtures():
     """
@@ -202,11 +220,7 @@ def engine(request):
         yield Engine("faiss")
         return
 
-    url = os.environ.get("TXTAI_MUVERA_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the pgvector lifecycle tests: .ci/run exports TXTAI_MUVERA_PG_URL")
-        pytest.skip("pgvector engine: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
+    url = pgurl()
     for module in ("psycopg", "pgvector", "sqlalchemy"):
         pytest.importorskip(module, reason="postgres extra not installed: pip install txtai-muvera[postgres]")
 

@@ -24,6 +24,8 @@ from txtai_muvera.core.codecs import Codes
 from txtai_muvera.core.maxsim import maxsim_flat
 from txtai_muvera.core.options import SearchOptions
 
+from conftest import pgurl
+
 pgvector = pytest.importorskip("txtai_muvera.core.pgvector", reason="postgres extra not installed: pip install txtai-muvera[postgres]")
 PGVectorStorage = pgvector.PGVectorStorage
 
@@ -36,13 +38,7 @@ def url():
     URL of the test server.
     """
 
-    value = os.environ.get("TXTAI_MUVERA_PG_URL")
-    if not value:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL tests: .ci/run exports TXTAI_MUVERA_PG_URL")
-        pytest.skip("TXTAI_MUVERA_PG_URL is not set: export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run the PostgreSQL tests")
-
-    return value
+    return pgurl()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Engine
+from conftest import Engine, pgurl
 
 pgvector = pytest.importorskip("txtai_muvera.core.pgvector", reason="postgres extra not installed: pip install txtai-muvera[postgres]")
 
@@ -179,13 +179,7 @@ def database():
     URL of a fresh database on the test server, dropped after the test (with any session a process left).
     """
 
-    url = os.environ.get("TXTAI_MUVERA_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL tests: .ci/run exports TXTAI_MUVERA_PG_URL")
-        pytest.skip("TXTAI_MUVERA_PG_URL is not set: export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run the PostgreSQL tests")
-
-    engine = Engine("pgvector", url)
+    engine = Engine("pgvector", pgurl())
     try:
         yield engine.database
     finally:

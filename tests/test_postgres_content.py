@@ -3,7 +3,6 @@ PostgreSQL as the source of truth for txtai's content rows of a late-interaction
 reconnects after its connections are cut, and a process that writes and dies before saving leaves a loadable index
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from txtai import Embeddings
 import txtai_muvera  # noqa: F401 pylint: disable=W0611 (registers the package with txtai)
 
 from checkpoints import build_pylate_checkpoint
-from conftest import Engine
+from conftest import Engine, pgurl
 
 MUVERA = {"repetitions": 4, "hashes": 3, "projection": 8, "seed": 7}
 
@@ -34,13 +33,7 @@ def server(request):
     database (pgvector).
     """
 
-    url = os.environ.get("TXTAI_MUVERA_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL content tests: .ci/run exports TXTAI_MUVERA_PG_URL")
-        pytest.skip("PostgreSQL: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
-
-    engine = Engine("pgvector", url)
+    engine = Engine("pgvector", pgurl())
     engine.backend = request.param
     try:
         yield engine

@@ -4,7 +4,6 @@ txtai's own calls and through the `transaction` helpers, on every storage engine
 files or pgvector, each with SQLite or PostgreSQL content)
 """
 
-import os
 import sqlite3
 import threading
 import uuid
@@ -19,7 +18,7 @@ from txtai import Embeddings
 from txtai_muvera import ColBERT, durable, transaction
 
 from checkpoints import build_pylate_checkpoint
-from conftest import Engine
+from conftest import Engine, pgurl
 
 WORDS = "retrieval model query document token vector score search index music history science food travel weather sports".split()
 
@@ -75,14 +74,7 @@ def engine(request):
     """
 
     name, content, calls = request.param
-    url = None
-    if "postgresql" in request.param or name == "pgvector":
-        url = os.environ.get("TXTAI_MUVERA_PG_URL")
-        if not url:
-            if os.environ.get("CI"):
-                pytest.fail("CI must run the PostgreSQL write tests: .ci/run exports TXTAI_MUVERA_PG_URL")
-            pytest.skip("PostgreSQL: TXTAI_MUVERA_PG_URL is not set (export TXTAI_MUVERA_PG_URL=$(.ci/postgres start) to run it)")
-
+    url = pgurl() if "postgresql" in request.param or name == "pgvector" else None
     instance = Store(name, content, url)
     instance.calls = Plain if calls == "plain" else transaction
     try:
