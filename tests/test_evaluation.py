@@ -107,6 +107,16 @@ def test_caps_keep_judged(tmp_path):
     assert len(data.corpus) == 5 and {"d15", "d19"} <= set(data.corpus)
 
 
+def test_repeated_ids_keep_first(tmp_path, caplog):
+    # A corpus that repeats an id (as WordNet's spelling variants do) loads with the first text of each id, and says so
+    documents = [("a", "A", "first"), ("b", "", "other"), ("a", "A2", "second")]
+    with caplog.at_level("WARNING", logger="txtai_muvera.tools.evaluation.beir"):
+        data = BEIR.load(write(tmp_path / "d", documents, [("1", "q")], [("1", "a", 1)]))
+
+    assert list(data.corpus) == ["a", "b"] and "first" in data.corpus["a"] and "second" not in data.corpus["a"]
+    assert "repeats 1 document ids (first 'a')" in caplog.text
+
+
 def test_bad_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="BEIR-layout"):
         BEIR.load(tmp_path)

@@ -4,7 +4,10 @@ BEIR module
 
 import csv
 import json
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 
 class BEIR:
@@ -72,14 +75,20 @@ class BEIR:
 
         # Judged documents are kept first when the corpus is capped, so every qrel can still be found
         judged = {docid for judgments in qrels.values() for docid in judgments} if maxdocs else None
-        corpus, extra = {}, {}
+        # A repeated document id keeps its first text: qrels judge the id, so one document per id is what they can score
+        # (BEIR's own loader keeps one too). Said once, with the count, since the corpus then has fewer documents than lines
+        corpus, extra, duplicates = {}, {}, []
         for uid, text in readcorpus(files["corpus"]):
             if uid in corpus or uid in extra:
-                raise ValueError(f"Duplicate document id {uid!r} in {files['corpus']}")
+                duplicates.append(uid)
+                continue
             if not maxdocs or uid in judged:
                 corpus[uid] = text
             elif len(extra) < maxdocs:
                 extra[uid] = text
+
+        if duplicates:
+            logger.warning("%s repeats %d document ids (first %r): the first text of each is kept", files["corpus"], len(duplicates), duplicates[0])
 
         if maxdocs:
             corpus.update(list(extra.items())[: max(maxdocs - len(corpus), 0)])
