@@ -141,6 +141,42 @@ def summary(name):
     return f"{name}: {tokens}, {fdes} FDEs ({settings['ann']} index), {settings['candidates']} candidates"
 
 
+def table():
+    """
+    The presets as a markdown table, the package default first: the table the README and the documentation show between
+    `<!-- presets -->` markers (`python docs/presets.py` writes it there, tests/test_docs.py checks it).
+
+    Returns:
+        str
+    """
+
+    names = [schema.PRESET] + [x for x in schema.PRESETS if x != schema.PRESET]
+    rows = [
+        "| `preset` | `pool` | `tokens` | FDE dims (`muvera.final`) | `ann.index` | `ann.quantize` | `candidates` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        settings = preset(name)
+
+        # FDE dims: repetitions x 2^hashes x projection (the token dim when there is no projection), count-sketched to final
+        full = settings["repetitions"] * 2 ** settings["hashes"] * settings["projection"] if settings["projection"] else None
+        if settings["final"] and (full is None or settings["final"] < full):
+            dims = f"{settings['final']:,}"
+        else:
+            dims = f"{full:,}" if full else f"{settings['repetitions']} x 2^{settings['hashes']} x token dim"
+
+        index = settings["ann"]
+        if index == "auto":
+            index = f"auto (flat up to {settings['threshold']:,} documents, HNSW above)"
+
+        rows.append(
+            f"| `{name}`{' (default)' if name == schema.PRESET else ''} | {settings['pool'] if settings['pool'] > 1 else '1 (none)'} | "
+            f"{show('tokens', settings)} | {dims} | {index} | {settings['quantize'] or 'none (float32)'} | {settings['candidates']:,} |"
+        )
+
+    return "\n".join(rows) + "\n"
+
+
 @functools.lru_cache(maxsize=None)
 def parse(module):
     """
