@@ -4,6 +4,7 @@ states is the code's default, links point at files that exist, the version is th
 anything but the product
 """
 
+import ast
 import importlib.util
 import inspect
 import os
@@ -175,6 +176,18 @@ def test_pgvector_defaults():
     assert f"`{found['table'].strip(chr(34))}`" in table["schema"], table
     assert f"`{found['index'].strip(chr(34))}`" == table["index"], table
     assert table["m"] == ", ".join(found[x] for x in ("m", "efconstruction", "efsearch")), table
+
+
+def test_other_defaults():
+    # Defaults the pages state in prose, each against the constant it comes from
+    api, files = defaults.constant("txtai_muvera.glue.api", "MAXDOCUMENT"), defaults.constant("txtai_muvera.core.files", "TIMEOUT")
+    assert f"{api:,} by default" in read(os.path.join("docs", "yaml.md"))
+    assert f"seconds a load or save waits for an index lock ({files:g};" in read(os.path.join("docs", "configuration.md"))
+
+    buckets = defaults.parse("txtai_muvera.core.codecs")
+    residual = next(x for x in buckets.body if getattr(x, "name", None) == "Residual")
+    options = next(x for x in residual.body if getattr(getattr(x, "targets", [None])[0], "id", None) == "defaults")
+    assert f"`buckets: {ast.literal_eval(options.value)['buckets']}` (the default)" in read(os.path.join("docs", "internals.md"))
 
 
 def test_model_default():
