@@ -60,9 +60,13 @@ class Worker:
     A worker process (worker.py) and its line protocol.
     """
 
+    # Source folder of txtai_muvera for our side (None: the installed package, i.e. this working tree)
+    source = None
+
     def __init__(self, side, model, python):
         command = [python, os.path.join(HERE, "worker.py"), side, model]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        env = {**os.environ, "PEERS_SOURCE": Worker.source} if Worker.source else None
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         self.ready = self.read()
 
     def __call__(self, **request):
@@ -145,14 +149,28 @@ def build(name, system, tokens, index, model, python):
     worker = Worker(system["side"], model, sys.executable if system["side"] == "ours" else python)
     reply = worker(op="build", tokens=tokens, index=index, system=system)
     worker.close()
-    log(f"{name}: built in {reply['build_s']:.1f} s, {reply['bytes'] / reply['documents']:,.0f} B/doc, peak RSS {reply['rss_mb'][1]:,.0f} MB")
+    log(f"{name}: built in {reply['build_s']:.1f} s ({reply['build_cpu_s']:.1f} CPU s), {reply['bytes'] / reply['documents']:,.0f} B/doc, peak RSS {reply['rss_mb'][1]:,.0f} MB")
     return {
         "build_s": reply["build_s"],
+        "build_cpu_s": reply["build_cpu_s"],
         "bytes_per_doc": round(reply["bytes"] / reply["documents"], 1),
         "bytes": reply["bytes"],
         "build_peak_rss_mb": reply["rss_mb"][1],
         "build_inputs_rss_mb": reply["inputs_rss_mb"][0],
         "settings": reply["settings"],
+        "files": files(index),
+    }
+
+
+def files(folder):
+    """
+    Bytes per saved file, by path relative to the index folder.
+    """
+
+    return {
+        os.path.relpath(os.path.join(root, name), folder): os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(folder)
+        for name in names
     }
 
 
@@ -170,7 +188,7 @@ def search(names, systems, indexes, queries, model, python, warmup=5):
         worker = Worker(system["side"], model, sys.executable if system["side"] == "ours" else python)
         loaded = worker(op="load", index=indexes[name], system=system)
         workers[name] = worker
-        results[name] = {"ids": [], "encode_ms": [], "search_ms": [], "load_s": loaded["load_s"], "import_rss_mb": worker.ready["rss_mb"][0],
+        results[name] = {"ids": [], "encode_ms": [], "search_ms": [], "encode_cpu_ms": [], "search_cpu_ms": [], "load_s": loaded["load_s"], "import_rss_mb": worker.ready["rss_mb"][0],
                          "loaded_rss_mb": loaded["rss_mb"][0]}
 
     for text in queries[:warmup]:
@@ -183,8 +201,8 @@ def search(names, systems, indexes, queries, model, python, warmup=5):
         for name in order:
             reply = workers[name](op="search", text=text, k=10)
             results[name]["ids"].append(reply["ids"])
-            results[name]["encode_ms"].append(reply["encode_ms"])
-            results[name]["search_ms"].append(reply["search_ms"])
+            for key in ("encode_ms", "search_ms", "encode_cpu_ms", "search_cpu_ms"):
+                results[name][key].append(reply[key])
         if x and x % 100 == 0:
             log(f"{x} of {len(queries)} queries, {time.time() - start:.0f} s")
 
@@ -207,7 +225,27 @@ def ndcg(ids, tokens):
     return round(float(Metrics(["ndcg@10"])(tokens.qrels, run)["ndcg@10"]), 4)
 
 
-def versions(python):
+def checkout(commit):
+    """
+    Extracts txtai_muvera as of a commit into benchmarks/output/peers/source-<commit>, so that our side runs committed code
+    whatever the working tree holds.
+
+    Returns:
+        (folder, full commit hash)
+    """
+
+    full = subprocess.run(["git", "rev-parse", commit], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    folder = os.path.join(OUTPUT, "peers", f"source-{full[:12]}")
+    if not os.path.isdir(folder):
+        os.makedirs(folder + ".tmp", exist_ok=True)
+        archive = subprocess.run(["git", "archive", full, "txtai_muvera"], capture_output=True, cwd=ROOT, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder + ".tmp"], input=archive, check=True)
+        os.rename(folder + ".tmp", folder)
+
+    return folder, full
+
+
+def versions(python, commit=None):
     """
     Library versions on both sides and the commit measured.
     """
@@ -218,9 +256,12 @@ def versions(python):
     ours = {x: importlib.metadata.version(x) for x in ("txtai-muvera", "txtai", "torch", "faiss-cpu")}
     code = "import importlib.metadata as m, json; print(json.dumps({x: m.version(x) for x in ('pylate', 'fast-plaid', 'voyager', 'torch')}))"
     theirs = json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "txtai_muvera"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
-    return {"ours": ours, "pylate": theirs, "commit": commit + ("+changes" if dirty else ""), "python": platform.python_version()}
+    if not commit:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "txtai_muvera"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
+        commit += " + uncommitted changes" if dirty else ""
+
+    return {"ours": ours, "pylate": theirs, "commit": commit, "python": platform.python_version()}
 
 
 def run(args):
@@ -236,7 +277,12 @@ def run(args):
     if unknown:
         raise ValueError(f"Unknown systems {unknown}, accepted: {list(SYSTEMS)}")
 
-    meta = versions(args.python)
+    commit = None
+    if args.commit:
+        Worker.source, commit = checkout(args.commit)
+        commit = commit[:12]
+
+    meta = versions(args.python, commit)
     log(f"measuring commit {meta['commit']}: {meta}")
     for dataset in args.datasets.split(","):
         data = os.path.join(args.data, dataset)
@@ -275,6 +321,8 @@ def run(args):
                     "search_ms": percentiles(result["search_ms"]),
                     "encode_ms": percentiles(result["encode_ms"]),
                     "total_ms": percentiles(np.add(result["search_ms"], result["encode_ms"])),
+                    "search_cpu_ms": percentiles(result["search_cpu_ms"]),
+                    "encode_cpu_ms": percentiles(result["encode_cpu_ms"]),
                     "load_s": result["load_s"],
                     "import_rss_mb": result["import_rss_mb"],
                     "loaded_rss_mb": result["loaded_rss_mb"],
@@ -299,6 +347,7 @@ def main():
     parser.add_argument("--python", default=PEER, help="python of the PyLate virtual environment")
     parser.add_argument("--queries", type=int, default=None, help="first N judged queries only (default: all)")
     parser.add_argument("--parity", type=int, default=300, help="documents encoded by both libraries for the parity check (0: skip)")
+    parser.add_argument("--commit", default=None, help="run our side from this commit's txtai_muvera (default: the working tree)")
     parser.add_argument("--output", default=os.path.join(OUTPUT, "peers.jsonl"))
     parser.add_argument("--report", action="store_true", help="only write docs/peers.md and docs/peers.png from --output")
     args = parser.parse_args()

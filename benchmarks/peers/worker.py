@@ -6,7 +6,8 @@ Peer benchmark worker: one library in one process, driven by peers.py over stdin
 
 Both sides take the same inputs: the token matrices that benchmarks/footprint.py cached for a dataset (documents float16, queries
 float32) for building, and the query texts, encoded by each side's own model, for searching. Every time is measured inside this
-process, around the library call only. Requests:
+process, around the library call only, as wall time and as CPU time of the whole process (all its threads), which depends less on
+what else the machine runs. Requests:
 
     {"op": "encode", "texts": [...], "kind": "query" | "data", "out": "file.npz"}   each side's own encoding, saved flat
     {"op": "build", "tokens": folder, "index": folder, "system": {...}}            build an index from cached tokens, save it
@@ -31,8 +32,6 @@ for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYO
     os.environ.setdefault(name, THREADS)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rss():
@@ -100,15 +99,15 @@ class Timed:
     """
 
     def __init__(self, encoder):
-        self.encoder, self.seconds = encoder, 0.0
+        self.encoder, self.seconds, self.cpu = encoder, 0.0, 0.0
 
     def __getattr__(self, name):
         return getattr(self.encoder, name)
 
     def encode(self, texts, kind):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = self.encoder.encode(texts, kind)
-        self.seconds = time.perf_counter() - start
+        self.seconds, self.cpu = time.perf_counter() - start, time.process_time() - cpu
         return result
 
 
@@ -118,7 +117,9 @@ class Ours:
     """
 
     def __init__(self, model):
-        sys.path.insert(0, ROOT)
+        # A committed copy of the package (peers.py --commit) or the installed one
+        if os.environ.get("PEERS_SOURCE"):
+            sys.path.insert(0, os.environ["PEERS_SOURCE"])
 
         # pylint: disable=C0415
         import torch
@@ -169,12 +170,12 @@ class Ours:
         # pylint: disable=C0415
         from txtai_muvera import SearchOptions
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with self.scoring.searching(SearchOptions(**self.options)):
             results = self.scoring.batchsearch([text], k)[0]
-        total = time.perf_counter() - start
-        encode = self.scoring.encoder.seconds
-        return [int(uid) for uid, _ in results], encode, total - encode
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+        encoder = self.scoring.encoder
+        return [int(uid) for uid, _ in results], (encoder.seconds, total - encoder.seconds), (encoder.cpu, cpu - encoder.cpu)
 
 
 class PyLate:
@@ -229,14 +230,14 @@ class PyLate:
         self.colbert()
 
     def search(self, text, k):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         query = self.encode([text], "query")
-        encode = time.perf_counter() - start
+        encode, encodecpu = time.perf_counter() - start, time.process_time() - cpu
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         results = self.retriever.retrieve(queries_embeddings=query, k=k, device="cpu", **self.search_options)[0]
-        seconds = time.perf_counter() - start
-        return [int(x["id"]) for x in results], encode, seconds
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return [int(x["id"]) for x in results], (encode, seconds), (encodecpu, cpu)
 
 
 def main():
@@ -267,16 +268,19 @@ def main():
             reply = {}
         elif op == "build":
             documents = matrices(request["tokens"])
-            before = rss()
+            before, cpu = rss(), time.process_time()
             seconds, settings = library.build(documents, request["index"], request["system"])
-            reply = {"build_s": round(seconds, 3), "bytes": disk(request["index"]), "documents": len(documents), "inputs_rss_mb": before, "settings": settings}
+            cpu = time.process_time() - cpu
+            reply = {"build_s": round(seconds, 3), "build_cpu_s": round(cpu, 3), "bytes": disk(request["index"]), "documents": len(documents), "inputs_rss_mb": before,
+                     "settings": settings}
         elif op == "load":
             start = time.perf_counter()
             library.load(request["index"], request["system"])
             reply = {"load_s": round(time.perf_counter() - start, 3)}
         else:
-            ids, encode, seconds = library.search(request["text"], request.get("k", 10))
-            reply = {"ids": ids, "encode_ms": round(encode * 1000, 3), "search_ms": round(seconds * 1000, 3)}
+            ids, (encode, seconds), (encodecpu, cpu) = library.search(request["text"], request.get("k", 10))
+            reply = {"ids": ids, "encode_ms": round(encode * 1000, 3), "search_ms": round(seconds * 1000, 3), "encode_cpu_ms": round(encodecpu * 1000, 3),
+                     "search_cpu_ms": round(cpu * 1000, 3)}
 
         reply["op"], reply["rss_mb"] = op, rss()
         replies.write(json.dumps(reply) + "\n")
