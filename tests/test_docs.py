@@ -128,6 +128,12 @@ def test_preset_table_states_presets(name):
         assert cells[5].split()[0] == (quantize or "none"), cells
         assert cells[6] == f"{config.get('candidates', schema.DEFAULTS['candidates']):,}", cells
 
+        # A fidelity target, where a preset has one
+        if any("fidelity" in x for x in schema.PRESETS.values()):
+            assert cells[7] == (f"{config['fidelity']:g}" if config.get("fidelity") is not None else "none"), cells
+        else:
+            assert len(cells) == 7, cells
+
 
 def expected():
     """

@@ -151,9 +151,13 @@ def table():
     """
 
     names = [schema.PRESET] + [x for x in schema.PRESETS if x != schema.PRESET]
+
+    # A fidelity target (a share of exact MaxSim nDCG@10 the first write chooses pool and codec for) gets a column when a preset has one
+    fidelity = any("fidelity" in x for x in schema.PRESETS.values())
     rows = [
-        "| `preset` | `pool` | `tokens` | FDE dims (`muvera.final`) | `ann.index` | `ann.quantize` | `candidates` |",
-        "|---|---|---|---|---|---|---|",
+        "| `preset` | `pool` | `tokens` | FDE dims (`muvera.final`) | `ann.index` | `ann.quantize` | `candidates` |"
+        + (" `fidelity` |" if fidelity else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if fidelity else ""),
     ]
     for name in names:
         settings = preset(name)
@@ -173,6 +177,9 @@ def table():
             f"| `{name}`{' (default)' if name == schema.PRESET else ''} | {settings['pool'] if settings['pool'] > 1 else '1 (none)'} | "
             f"{show('tokens', settings)} | {dims} | {index} | {settings['quantize'] or 'none (float32)'} | {settings['candidates']:,} |"
         )
+        if fidelity:
+            target = schema.PRESETS[name].get("fidelity")
+            rows[-1] += f" {target:g} |" if target is not None else " none |"
 
     return "\n".join(rows) + "\n"
 
