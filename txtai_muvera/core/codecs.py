@@ -350,11 +350,26 @@ class Residual(Codec):
     def trained(self):
         return self.centroids is not None
 
-    def train(self, sample):
+    def train(self, sample, centroids=None):
+        """
+        Learns centroids (k-means) and buckets from a sample of token rows.
+
+        Args:
+            sample: float32 (n, dim) token rows
+            centroids: float32 (k, dim) centroids to keep instead of running k-means, e.g. another Residual's of the same sample
+                       (the fidelity ladder tries several bit widths over one clustering)
+        """
+
         # pylint: disable=C0415
         import faiss
 
         sample = self.checksample(sample)
+        if centroids is not None:
+            centroids = self.checkstate({"centroids": centroids}, {"centroids": (len(centroids), self.dim)})["centroids"]
+            self.setcentroids(centroids)
+            self.options["centroids"], self.sample = len(centroids), len(sample)
+            self.buckets(sample)
+            return
 
         # ColBERTv2 sizes k as a power of two near 16 * sqrt(tokens); capped so every centroid sees >= 39 rows (faiss's minimum)
         k = self.options["centroids"]
@@ -371,8 +386,16 @@ class Residual(Codec):
             logger.info("Residual codec trained on %d token rows; it is retrained once the index holds %d", len(sample), self.enough)
         self.setcentroids(kmeans.centroids)
         self.options["centroids"], self.sample = k, len(sample)
+        self.buckets(sample)
 
-        # Buckets from the sample's residuals, per dimension
+    def buckets(self, sample):
+        """
+        Learns the residual buckets from a sample, per dimension, given the centroids.
+
+        Args:
+            sample: float32 (n, dim) token rows
+        """
+
         residuals = sample - self.centroids[self.assign(sample)]
         levels = 1 << self.options["bits"]
         if self.options["buckets"] == "quantile":

@@ -20,7 +20,7 @@ DEFAULTS = {"backend": "faiss", "tokens": "float16", "pool": 1, "candidates": 10
 #  - small: compact with tokens pooled by 3 and 300 candidates: smaller and faster, 0.987 of exact nDCG@10 on SciFact
 PRESETS = {
     "exact": {"tokens": "float16", "pool": 1},
-    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000},
+    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000, "fidelity": 0.99},
     "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
 }
 
@@ -28,7 +28,10 @@ PRESETS = {
 PRESET = "compact"
 
 # Keys of a scoring config this package reads, besides the ones txtai itself sets (method, terms, columns, ...)
-KEYS = {"path", "preset", "vectors", "muvera", "ann", "fingerprint", "dimensions", "dim", "offset", *DEFAULTS, *ENGINES}
+KEYS = {"path", "preset", "vectors", "muvera", "ann", "fingerprint", "dimensions", "dim", "offset", "fidelity", "choose", "estimate", *DEFAULTS, *ENGINES}
+
+# Settings the fidelity ladder chooses (core/fidelity.py): a config that sets any of them keeps its own
+CHOSEN = ("pool", "tokens")
 
 # Token codecs by name. The codec module adds compressed ones; the three fixed ones are always there.
 FIXED = ("float32", "float16", "int8")
@@ -86,9 +89,18 @@ def check(config):
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     config["preset"] = preset
 
+    # A fidelity target lets the first write choose the token settings (pool, codec) from the ladder, unless the config sets
+    # them. The preset's own values fill in meanwhile, and stay when the first write is too small to measure
+    target = config.get("fidelity", PRESETS[preset].get("fidelity"))
+    if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1):
+        raise ValueError(f"fidelity must be a share of exact MaxSim nDCG@10 in (0, 1], or null to keep the token settings as given, got {target!r}")
+    config["fidelity"] = float(target) if target is not None else None
+    if "choose" not in config:
+        config["choose"] = target is not None and not any(config.get(key) is not None for key in CHOSEN) and not config.get("fingerprint")
+
     # MUVERA settings of a preset depend on the token dim: the scoring class applies them (see `muvera`)
     for key, value in PRESETS[preset].items():
-        if key == "muvera":
+        if key in ("muvera", "fidelity"):
             continue
         if isinstance(value, dict):
             if config.get(key) is not None and not isinstance(config[key], dict):

@@ -3,11 +3,13 @@ MuveraScoring module: the txtai scoring class of the package, a late-interaction
 exact MaxSim over the token matrices stored at index time
 """
 
+import copy
 import datetime
 import importlib.metadata
 import logging
 import math
 import threading
+import time
 
 from contextlib import contextmanager
 
@@ -16,7 +18,7 @@ import numpy as np
 from safetensors import SafetensorError
 from txtai.scoring import Scoring
 
-from ..core import files, schema, storage
+from ..core import fidelity, files, schema, storage
 from ..core.maxsim import maxsim_flat, topk
 from ..core.models import ColBERT
 from ..core.models.checkpoint import SETTINGS
@@ -61,6 +63,10 @@ class MuveraScoring(Scoring):
         # Committed storage engine (None until the first index), the staged write and per-thread search options
         self.storage = None
         self.staged, self.deletes, self.failure = None, [], None
+
+        # Batches held unpooled for calibration (see insert) and config values a calibration replaced, restored when its write
+        # fails (see rollback)
+        self.pending, self.chosen = None, None
         self.local = threading.local()
 
     def insert(self, documents, index=None, checkpoint=None):
@@ -73,16 +79,20 @@ class MuveraScoring(Scoring):
             if self.staged is None:
                 self.staged = Staged(self.dim, "float32" if self.config["tokens"] == "float32" else "float16")
 
+                # An index without a fidelity estimate holds the first documents of the write unpooled until the calibration
+                # sample is full (or the write commits), measures them and, on a first build, chooses the token settings
+                self.pending = [] if "estimate" not in self.config else None
+
             for start in range(0, len(texts), self.config["batch"]):
                 chunk = texts[start : start + self.config["batch"]]
                 matrices = self.encoder.encode(chunk, "data")
-                truncated = self.encoder.truncated
-                fdes = self.muvera(matrices, "data")
-                if self.config["pool"] > 1:
-                    from ..core.pooling import pool
-
-                    matrices = pool(matrices, self.config["pool"])
-                self.staged.add(ids[start : start + len(chunk)], fdes, matrices, truncated)
+                batch = (ids[start : start + len(chunk)], self.muvera(matrices, "data"), matrices, self.encoder.truncated)
+                if self.pending is None:
+                    self.stage(*batch)
+                else:
+                    self.pending.append(batch)
+                    if sum(len(x[0]) for x in self.pending) >= fidelity.DOCUMENTS:
+                        self.flush()
 
         # pylint: disable=W0718
         except Exception as error:
@@ -94,6 +104,36 @@ class MuveraScoring(Scoring):
             self.rollback()
             raise
 
+    def stage(self, ids, fdes, matrices, truncated):
+        """
+        Pools a batch's token matrices with the index's pool factor and stages it.
+
+        Args:
+            ids: int64 index ids
+            fdes: float32 FDE rows
+            matrices: float32 token matrices, unpooled
+            truncated: documents cut at the model's document length
+        """
+
+        if self.config["pool"] > 1:
+            from ..core.pooling import pool
+
+            matrices = pool(matrices, self.config["pool"])
+        self.staged.add(ids, fdes, matrices, truncated)
+
+    def flush(self):
+        """
+        Calibrates on the held documents, when there are enough, then stages them with the settings in force.
+        """
+
+        pending, self.pending = self.pending, None
+        if pending:
+            matrices = [matrix for batch in pending for matrix in batch[2]]
+            if len(matrices) >= fidelity.MINIMUM:
+                self.calibrate(matrices[: fidelity.DOCUMENTS])
+            for batch in pending:
+                self.stage(*batch)
+
     def delete(self, ids):
         # Staged: inside an upsert, txtai deletes replaced documents before their new versions are encoded
         self.deletes.extend(int(x) for x in ids)
@@ -101,6 +141,7 @@ class MuveraScoring(Scoring):
     def index(self, documents=None):
         if documents:
             self.insert(documents)
+        self.commitpending()
         self.raisefailure()
 
         staged, self.staged, self.deletes = self.staged or self.empty(), None, []
@@ -112,13 +153,14 @@ class MuveraScoring(Scoring):
 
         self.warn(staged)
         self.config["build"] = build()
-        previous, self.storage = self.storage, engine
+        previous, self.storage, self.chosen = self.storage, engine, None
         if previous is not None and previous is not engine:
             previous.close()
 
     def upsert(self, documents=None):
         if documents:
             self.insert(documents)
+        self.commitpending()
         self.raisefailure()
 
         if self.storage is None:
@@ -133,6 +175,23 @@ class MuveraScoring(Scoring):
 
         self.warn(staged)
 
+    def commitpending(self):
+        """
+        Stages the documents still held for calibration when a write commits, as insert would: an error is raised by the commit.
+        """
+
+        if self.pending and self.failure is None:
+            try:
+                self.flush()
+            # pylint: disable=W0718
+            except Exception as error:
+                self.rollback()
+                self.failure = error
+            except BaseException:
+                self.rollback()
+                raise
+        self.pending = None
+
     def rollback(self):
         """
         Drops the staged write: documents encoded and deletes staged since the last commit. Called when a write fails.
@@ -140,7 +199,49 @@ class MuveraScoring(Scoring):
 
         if self.staged is not None:
             self.staged.close()
-        self.staged, self.deletes = None, []
+        self.staged, self.deletes, self.pending = None, [], None
+
+        # Settings chosen by this write's calibration are dropped with it while nothing is committed
+        if self.chosen is not None and self.storage is None:
+            for key in (*fidelity.KEYS, "estimate"):
+                self.config.pop(key, None)
+            self.config.update(self.chosen)
+            self.chosen = None
+
+    def calibrate(self, matrices):
+        """
+        Measures the fidelity of the token settings on the first documents of a write (the first encoded batch, unpooled), with
+        pseudo-queries cut from them: how much of exact MaxSim's nDCG@10 the stored tokens keep (core/fidelity.py). The first
+        write of an index with a fidelity target and no token settings of its own first chooses them: the smallest rung of the
+        ladder that reaches the target. Writes of fewer than fidelity.MINIMUM documents measure nothing; the next larger write
+        measures the settings in place.
+
+        Args:
+            matrices: float32 token matrices of the batch, unpooled
+        """
+
+        if len(matrices) < fidelity.MINIMUM:
+            return
+
+        start = time.perf_counter()
+        sample = fidelity.Sample(matrices)
+        choose = self.config.get("choose") and self.storage is None
+        if choose:
+            self.chosen = {key: copy.deepcopy(self.config[key]) for key in (*fidelity.KEYS, "choose") if key in self.config}
+            rung, tried = fidelity.choose(sample, self.config["fidelity"])
+            for key in fidelity.KEYS:
+                self.config.pop(key, None)
+            self.config.update(copy.deepcopy(rung))
+            self.config["choose"] = False
+        else:
+            rung = {key: self.config[key] for key in ("pool", "tokens")}
+            if isinstance(self.config.get(rung["tokens"]), dict):
+                rung[rung["tokens"]] = self.config[rung["tokens"]]
+            tried = [(rung, fidelity.measure(sample, rung))]
+
+        result = dict(next(x for r, x in tried if r == rung))
+        self.config["estimate"] = fidelity.report(rung, result, tried if choose else [], len(sample), len(sample.queries), time.perf_counter() - start)
+        logger.info("%s", fidelity.describe(self.config["estimate"], self.config.get("fidelity") if choose else None))
 
     def raisefailure(self):
         """
