@@ -46,20 +46,21 @@ def rss():
     return round(current, 1), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def matrices(folder):
+def matrices(folder, dtype="float32"):
     """
-    Cached document token matrices of a dataset as float32 arrays, as an encoder returns them.
+    Cached document token matrices of a dataset, as an encoder returns them (float32) or as cached (float16, half the memory).
 
     Args:
         folder: benchmarks/output/tokens/<dataset>
+        dtype: float32 or float16
 
     Returns:
-        list of float32 (tokens, dim) arrays
+        list of (tokens, dim) arrays
     """
 
     tokens = np.load(os.path.join(folder, "documents.npy"), mmap_mode="r")
     offsets = np.load(os.path.join(folder, "offsets.npy"))
-    return [np.asarray(tokens[a:b], dtype=np.float32) for a, b in zip(offsets[:-1], offsets[1:])]
+    return [np.array(tokens[a:b], dtype=dtype) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def disk(folder):
@@ -267,7 +268,7 @@ def main():
             save(request["out"], [np.asarray(x, dtype=np.float32) for x in library.encode(request["texts"], request["kind"])])
             reply = {}
         elif op == "build":
-            documents = matrices(request["tokens"])
+            documents = matrices(request["tokens"], request.get("dtype", "float32"))
             before, cpu = rss(), time.process_time()
             seconds, settings = library.build(documents, request["index"], request["system"])
             cpu = time.process_time() - cpu
