@@ -3,6 +3,7 @@ Fidelity: the label-free estimate of how much of exact MaxSim a stored form keep
 that chooses token settings for a target, and how an index records, reports and rolls them back
 """
 
+import json
 import math
 
 import numpy as np
@@ -205,3 +206,23 @@ def test_failed_first_write_restores_settings(checkpoint, monkeypatch):
 
     scoring.index(documents[:150])
     assert scoring.config["estimate"]["documents"] == 150 and "ladder" in scoring.config["estimate"] and scoring.count() == 150
+
+
+def test_command_line(checkpoint, monkeypatch, tmp_path, capsys):
+    # `txtai-muvera index` prints the estimate and `info` shows it, in text and JSON
+    from txtai_muvera.tools.cli import main
+
+    monkeypatch.setenv("TXTAI_MUVERA_PRESET", "compact")
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text("\n".join(json.dumps({"id": f"d{x}", "text": text}) for x, text in enumerate(corpus(120))), encoding="utf-8")
+    assert main(["index", str(corpus_file), str(tmp_path / "index"), "--model", checkpoint, "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "Fidelity " in output and "estimated on 120 documents" in output and "chosen for fidelity 0.99" in output
+
+    assert main(["info", str(tmp_path / "index"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fidelity"]["documents"] == 120 and info["fidelity target"] == 0.99 and info["fidelity"]["ladder"]
+
+    assert main(["info", str(tmp_path / "index")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("fidelity"))
+    assert f"{info['fidelity']['fidelity']:.3f} of exact MaxSim nDCG@10" in line and "chosen for target 0.99" in line

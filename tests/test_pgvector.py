@@ -210,7 +210,7 @@ def test_roundtrip(url, table, tmp_path, codec):
 
 
 # Codec options small enough for a few hundred training rows of 8-dim tokens
-CODECS = {"float32": None, "float16": None, "int8": None, "residual": {"bits": 2}, "pq": {"m": 4}, "residual4": {"bits": 4, "buckets": "quantile"}}
+CODECS = {"float32": None, "float16": None, "int8": None, "residual": {"bits": 2}, "adaptive": {"bits": 2.5}, "pq": {"m": 4}, "residual4": {"bits": 4, "buckets": "quantile"}}
 
 
 def codecstorage(url, table, name, **options):

@@ -18,7 +18,7 @@ from txtai_muvera.core.maxsim import maxsim, maxsim_flat
 from txtai_muvera.core.store import TokenStore
 
 DIM = 8
-CODECS = ["float32", "float16", "int8", "residual", "pq"]
+CODECS = ["float32", "float16", "int8", "residual", "adaptive", "pq"]
 
 
 def matrices(rng, count, low=0, high=10):
@@ -56,7 +56,7 @@ def expected(matrix, dtype, store=None):
 
 
 # Trained codecs and their options at DIM, trained once per session on the same sample
-TRAINED, STATES = {"residual": {"bits": 2, "centroids": 16}, "pq": {"m": 4}}, {}
+TRAINED, STATES = {"residual": {"bits": 2, "centroids": 16}, "adaptive": {"bits": 2.5, "centroids": 16}, "pq": {"m": 4}}, {}
 
 
 def create(dtype, spill=False):
@@ -210,7 +210,7 @@ def test_atomic(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="'bfloat16'.*float32, float16, int8, residual, pq"):
+    with pytest.raises(ValueError, match="'bfloat16'.*float32, float16, int8, residual, adaptive, pq"):
         TokenStore(DIM, "bfloat16")
 
     rng = np.random.default_rng(4)

@@ -333,7 +333,7 @@ class Residual(Codec):
         options = self.options
         if isinstance(options["bits"], bool) or not isinstance(options["bits"], (int, np.integer)) or options["bits"] not in (1, 2, 4):
             raise ValueError(f"Residual bits must be 1, 2 or 4, got {options['bits']!r}")
-        if options["buckets"] not in ("quantile", "uniform"):
+        if options.get("buckets", "uniform") not in ("quantile", "uniform"):
             raise ValueError(f"Residual buckets must be 'quantile' or 'uniform', got {options['buckets']!r}")
         for key in ("centroids", "iterations", "seed"):
             value, low = options[key], 0 if key == "seed" else 1
@@ -450,21 +450,10 @@ class Residual(Codec):
         # sum_d index_d * step_d * q_d. That is one product of the query with the centroids, gathered per row, plus, for each bit
         # position in a byte, the (rows, width) indexes stored there times the matching rows of step * q: nothing is decoded
         bits = self.options["bits"]
-        per, mask = 8 // bits, (1 << bits) - 1
         scores = (torch.from_numpy(self.centroids) @ query.T).index_select(0, torch.from_numpy(codes["codes"].astype(np.int64)))
         scores += torch.from_numpy(self.weights[0]) @ query.T
 
-        # Rows of step * q for every packed value slot, zero for the padding slots of the last byte
-        slopes = torch.zeros((-(-self.dim // per) * per, query.shape[0]), dtype=torch.float32)
-        slopes[: self.dim] = torch.from_numpy(self.steps)[:, None] * query.T
-        slopes = [slopes[position::per].contiguous() for position in range(per)]
-
-        packed = torch.from_numpy(np.ascontiguousarray(codes["residuals"]))
-        for start in range(0, len(packed), BLOCK):
-            block, out = packed[start : start + BLOCK], scores[start : start + BLOCK]
-            for position, slope in enumerate(slopes):
-                out.addmm_(((block >> (position * bits)) & mask).float(), slope)
-
+        accumulate(scores, codes["residuals"], torch.from_numpy(self.steps)[:, None] * query.T, bits)
         return scores
 
     def state(self):
@@ -538,7 +527,7 @@ class Residual(Codec):
 
     def pack(self, indexes):
         """
-        Packs bucket indexes (n, dim) < 2^bits into bytes, 8 / bits values per byte, low bits first.
+        Packs bucket indexes (n, dim) < 2^bits into bytes (see pack).
 
         Args:
             indexes: uint8 (n, dim)
@@ -547,14 +536,7 @@ class Residual(Codec):
             uint8 (n, ceil(dim * bits / 8))
         """
 
-        bits = self.options["bits"]
-        per = 8 // bits
-        width = -(-self.dim // per)
-
-        padded = np.zeros((len(indexes), width * per), dtype=np.uint8)
-        padded[:, : self.dim] = indexes
-        shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-        return np.bitwise_or.reduce(padded.reshape(len(indexes), width, per) << shifts, axis=2).astype(np.uint8)
+        return pack(indexes, self.options["bits"])
 
     def unpack(self, packed, dim=None):
         """
@@ -568,11 +550,7 @@ class Residual(Codec):
             uint8 (n, dim) bucket indexes
         """
 
-        bits = self.options["bits"]
-        per = 8 // bits
-        shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-        indexes = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
-        return indexes.reshape(len(packed), -1)[:, : dim or self.dim]
+        return unpack(packed, self.options["bits"], dim or self.dim)
 
     def checktrained(self):
         """
@@ -581,6 +559,282 @@ class Residual(Codec):
 
         if not self.trained:
             raise RuntimeError(f"Codec {self.name!r} is not trained: train it on a sample of token rows first")
+
+
+class Adaptive(Residual):
+    """
+    Residual compression with the bits spent where the residuals vary: the residuals (row - nearest centroid) are rotated onto
+    their principal axes (an orthogonal PCA basis learned from the sample), then each axis gets 0, 1, 2 or 4 bits, chosen so that
+    the squared quantization error summed over axes is least for an average of `bits` bits per value (greedy water-filling,
+    error of a b-bit uniform quantizer ~ variance / 4^b). Axes with 0 bits decode to their mean. Each axis is quantized like
+    Residual's uniform buckets (the 0.1-99.9th percentile range in 2^b equal steps, decoded to midpoints), and the axes of one
+    width are packed together.
+
+    Rotation is orthogonal, so a query scores codes without decoding: q . row = q . centroid + (q R) . value, and value is
+    linear in the stored indexes (see similarities). Measured on SciFact with the stand-in (1,024 documents pooled by 2,
+    fidelity.Sample agreement): 2 bits keep 0.977 of exact MaxSim's nDCG@10 ranking where Residual's 2 bits keep 0.974, and
+    2.5 bits keep 0.982, as much as Residual's 4 bits, at 63% of their bytes (README, "Fidelity").
+    """
+
+    name = "adaptive"
+    defaults = {"centroids": None, "bits": 2.5, "iterations": 20, "seed": 42}
+
+    # Bit widths an axis can get
+    WIDTHS = (0, 1, 2, 4)
+
+    def __init__(self, dim, **options):
+        bits = options.get("bits", self.defaults["bits"])
+        if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)) or not 0 < bits <= 4:
+            raise ValueError(f"Adaptive bits must be a number in (0, 4] (average bits per value), got {bits!r}")
+
+        # Residual checks the other options; its bits check sees a valid stand-in
+        super().__init__(dim, **{**options, "bits": 2})
+        self.options["bits"] = float(bits) if not float(bits).is_integer() else int(bits)
+
+        # Learned state beyond Residual's centroids: rotation (dim, dim), width per axis, lowest value and step per axis
+        self.rotation, self.widths, self.low, self.step = None, None, None, None
+
+    @property
+    def budget(self):
+        """
+        Returns:
+            total bits per row
+        """
+
+        return int(round(self.options["bits"] * self.dim))
+
+    def buckets(self, sample):
+        residuals = (sample - self.centroids[self.assign(sample)]).astype(np.float64)
+
+        # Principal axes of the residuals, largest variance first; a fixed sign per axis keeps the basis deterministic
+        values, vectors = np.linalg.eigh(np.cov(residuals, rowvar=False) if len(residuals) > 1 else np.eye(self.dim))
+        vectors = vectors[:, ::-1]
+        vectors *= np.where(vectors[np.abs(vectors).argmax(axis=0), np.arange(self.dim)] < 0, -1.0, 1.0)
+        rotated = residuals @ vectors
+
+        widths = allocate(rotated.var(axis=0), self.budget, self.WIDTHS)
+        low, high = np.quantile(rotated, [0.001, 0.999], axis=0)
+        step = (high - low) / (1 << widths)
+
+        # 0-bit axes decode to their mean: a single bucket centred there
+        mean = rotated.mean(axis=0)
+        low = np.where(widths == 0, mean - step / 2, low)
+
+        self.rotation = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.widths, self.low, self.step = widths.astype(np.int64), low.astype(np.float32), step.astype(np.float32)
+
+    def groups(self):
+        """
+        Axes stored with each nonzero width that some axis has.
+
+        Returns:
+            {width: int64 array of axes}
+        """
+
+        groups = {width: np.flatnonzero(self.widths == width) for width in self.WIDTHS[1:]}
+        return {width: axes for width, axes in groups.items() if len(axes)}
+
+    def parts(self):
+        k = self.options["centroids"]
+        kind = "uint8" if k is not None and k <= 1 << 8 else "uint16" if k is None or k <= 1 << 16 else "uint32"
+        if self.widths is None:
+            return {"codes": (kind, ())}
+
+        return {"codes": (kind, ()), **{f"w{width}": ("uint8", (-(-len(axes) * width // 8),)) for width, axes in self.groups().items()}}
+
+    @property
+    def bytes(self):
+        # Before training the widths are unknown: the budget rounded up to bytes per width is within a few bytes of it
+        if self.widths is None:
+            return 2 + -(-self.budget // 8)
+
+        return super().bytes
+
+    def encode(self, rows):
+        self.checktrained()
+        codes = self.assign(rows)
+        rotated = (rows - self.centroids[codes]) @ self.rotation
+
+        result = {"codes": codes.astype(self.parts()["codes"][0])}
+        for width, axes in self.groups().items():
+            indexes = np.floor((rotated[:, axes] - self.low[axes]) / self.step[axes])
+            result[f"w{width}"] = pack(np.clip(indexes, 0, (1 << width) - 1).astype(np.uint8), width)
+
+        return result
+
+    def values(self, codes):
+        """
+        Decoded rotated residuals.
+
+        Args:
+            codes: {part name: array}
+
+        Returns:
+            float32 (n, dim)
+        """
+
+        count = len(codes["codes"])
+        values = np.broadcast_to(self.low + self.step / 2, (count, self.dim)).copy()
+        for width, axes in self.groups().items():
+            indexes = unpack(codes[f"w{width}"], width, len(axes))
+            values[:, axes] += indexes * self.step[axes]
+
+        return values
+
+    def decode(self, codes):
+        self.checktrained()
+        tokens = np.take(self.centroids, codes["codes"].astype(np.intp), axis=0)
+        tokens += self.values(codes) @ self.rotation.T
+        return tokens
+
+    def similarities(self, codes, query):
+        self.checktrained()
+
+        # q . row = q . centroid + (q R) . (low + step / 2) + sum over stored axes of index * step * (q R)
+        rotated = query @ torch.from_numpy(self.rotation)
+        scores = (torch.from_numpy(self.centroids) @ query.T).index_select(0, torch.from_numpy(codes["codes"].astype(np.int64)))
+        scores += torch.from_numpy(self.low + self.step / 2) @ rotated.T
+        for width, axes in self.groups().items():
+            accumulate(scores, codes[f"w{width}"], torch.from_numpy(self.step[axes])[:, None] * rotated.T[axes], width)
+
+        return scores
+
+    def state(self):
+        if not self.trained:
+            return {}
+
+        return {"centroids": self.centroids, "rotation": self.rotation, "widths": self.widths.astype(np.float32), "low": self.low, "step": self.step}
+
+    def restore(self, state):
+        k = self.options["centroids"]
+        if k is None:
+            raise ValueError("Adaptive codec config has no centroids count: the codec was saved untrained")
+
+        shapes = {"centroids": (k, self.dim), "rotation": (self.dim, self.dim), "widths": (self.dim,), "low": (self.dim,), "step": (self.dim,)}
+        state = self.checkstate(state, shapes)
+        widths = state["widths"].astype(np.int64)
+        if not np.isin(widths, self.WIDTHS).all() or int(widths.sum()) > self.budget:
+            raise ValueError(f"Adaptive codec state has widths outside {self.WIDTHS} or over the budget of {self.budget} bits")
+
+        self.setcentroids(state["centroids"])
+        self.rotation, self.widths, self.low, self.step = state["rotation"], widths, state["low"], state["step"]
+
+    def settable(self):
+        # Decoding reads the groups directly (values): no byte table
+        pass
+
+
+def allocate(variances, budget, widths):
+    """
+    Bit widths per axis for a total budget, greedy water-filling: starting from 0 bits everywhere, repeatedly move the axis whose
+    next width removes the most squared error per bit spent (a b-bit quantizer leaves ~ variance / 4^b), while the budget allows.
+
+    Args:
+        variances: (dim,) variance per axis
+        budget: total bits
+        widths: allowed widths, ascending, starting at 0
+
+    Returns:
+        int64 (dim,) widths
+    """
+
+    import heapq  # pylint: disable=C0415
+
+    variances = np.asarray(variances, dtype=np.float64)
+    result = np.zeros(len(variances), dtype=np.int64)
+
+    def step(axis):
+        current = result[axis]
+        following = [x for x in widths if x > current]
+        if not following:
+            return None
+        width = following[0]
+        gain = variances[axis] * (4.0 ** -current - 4.0 ** -width) / (width - current)
+        return (-gain, axis, width)
+
+    heap = [x for x in (step(axis) for axis in range(len(variances))) if x]
+    heapq.heapify(heap)
+    spent = 0
+    while heap:
+        _, axis, width = heapq.heappop(heap)
+        if width != [x for x in widths if x > result[axis]][0]:
+            continue
+        if spent + width - result[axis] > budget:
+            continue
+        spent += width - result[axis]
+        result[axis] = width
+        entry = step(axis)
+        if entry:
+            heapq.heappush(heap, entry)
+
+    return result
+
+
+def pack(indexes, bits):
+    """
+    Packs indexes (n, dim) < 2^bits into bytes, 8 / bits values per byte, low bits first (bits 1, 2, 4 or 8).
+
+    Args:
+        indexes: uint8 (n, dim)
+        bits: bits per value
+
+    Returns:
+        uint8 (n, ceil(dim * bits / 8))
+    """
+
+    per = 8 // bits
+    dim = indexes.shape[1]
+    width = -(-dim // per)
+
+    padded = np.zeros((len(indexes), width * per), dtype=np.uint8)
+    padded[:, :dim] = indexes
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(padded.reshape(len(indexes), width, per) << shifts, axis=2).astype(np.uint8)
+
+
+def unpack(packed, bits, dim):
+    """
+    Inverse of pack.
+
+    Args:
+        packed: uint8 (n, width)
+        bits: bits per value
+        dim: values kept per row
+
+    Returns:
+        uint8 (n, dim) indexes
+    """
+
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    indexes = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
+    return indexes.reshape(len(packed), packed.shape[1] * per)[:, :dim]
+
+
+def accumulate(scores, packed, slopes, bits):
+    """
+    Adds sum_j index_j * slopes[j] to every row's scores, reading the indexes straight from their packed bytes: for each bit
+    position in a byte, the (rows, bytes) indexes stored there times the matching rows of slopes. Nothing is unpacked.
+
+    Args:
+        scores: float32 (n, q) tensor, updated in place
+        packed: uint8 (n, bytes) packed indexes (see pack)
+        slopes: float32 (values, q) tensor, one row per packed value
+        bits: bits per value
+    """
+
+    per, mask = 8 // bits, (1 << bits) - 1
+
+    # Slope rows for every packed value slot, zero for the padding slots of the last byte
+    padded = torch.zeros((-(-len(slopes) // per) * per, slopes.shape[1]), dtype=torch.float32)
+    padded[: len(slopes)] = slopes
+    rows = [padded[position::per].contiguous() for position in range(per)]
+
+    packed = torch.from_numpy(np.ascontiguousarray(packed))
+    for start in range(0, len(packed), BLOCK):
+        block, out = packed[start : start + BLOCK], scores[start : start + BLOCK]
+        for position, slope in enumerate(rows):
+            out.addmm_(((block >> (position * bits)) & mask).float(), slope)
 
 
 class PQ(Codec):
@@ -706,7 +960,7 @@ class Codes:
 
 
 # Codecs by name: adding one is a new class plus a line here
-CODECS = {"float32": Float32, "float16": Float16, "int8": Int8, "residual": Residual, "pq": PQ}
+CODECS = {"float32": Float32, "float16": Float16, "int8": Int8, "residual": Residual, "adaptive": Adaptive, "pq": PQ}
 
 
 def create(name, dim, **options):

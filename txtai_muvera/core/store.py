@@ -27,7 +27,7 @@ class TokenStore:
     """
     Stores one token matrix per document, flat, addressed by integer ids (txtai index ids).
 
-    Rows are encoded by a codec (codecs.CODECS: float32, float16, int8, residual, pq) into named parts with one row per token.
+    Rows are encoded by a codec (codecs.CODECS: float32, float16, int8, residual, adaptive, pq) into named parts with one row per token.
     Each part lives in two segments: a read-only base (memory-mapped after load) and an in-memory tail that grows with amortised
     doubling. Each live document has a global start row and a length, so gathering any set of documents is one vectorised index
     operation. Deleting only drops the bookkeeping; dead rows are reclaimed when the store is saved.
@@ -43,7 +43,7 @@ class TokenStore:
 
         Args:
             dim: token dimension
-            codec: codec name, a key of codecs.CODECS (float32, float16, int8, residual, pq)
+            codec: codec name, a key of codecs.CODECS (float32, float16, int8, residual, adaptive, pq)
             spill: keep the tail rows in unnamed temporary files, preallocated and memory-mapped, so that a large indexing pass is
                    bounded by disk rather than RAM (the kernel writes the pages back under memory pressure)
             dtype: former name of codec (float16, float32, int8), still accepted

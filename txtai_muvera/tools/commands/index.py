@@ -70,6 +70,7 @@ def run(args):
 
     import txtai_muvera  # noqa: F401, pylint: disable=W0611
     from ...glue import durable
+    from ...core import fidelity
     from ...core.models import Checkpoint
 
     documents = Documents(args.input, args.format)
@@ -95,6 +96,7 @@ def run(args):
         durable.save(embeddings, output)
 
     index = embeddings.scoring
+    estimate, target = embeddings.config["scoring"].get("estimate"), embeddings.config["scoring"].get("fidelity")
     summary = {
         "output": output,
         "documents": embeddings.count(),
@@ -102,6 +104,7 @@ def run(args):
         "dimensions": embeddings.config["scoring"]["dimensions"],
         "bytes": size(output),
         "seconds": round(time.perf_counter() - start, 3),
+        "fidelity": estimate,
     }
     embeddings.close()
 
@@ -109,6 +112,8 @@ def run(args):
         f"Indexed {summary['documents']:,} documents ({summary['tokens']:,} tokens, {summary['dimensions']:,}-dim FDEs) into {output}: "
         f"{human(summary['bytes'])} on disk in {summary['seconds']:.1f} s"
     )
+    if estimate:
+        print(fidelity.describe(estimate, target if estimate.get("ladder") else None))
     return summary
 
 

@@ -85,6 +85,7 @@ def text(info):
         "fde dims": dims(info),
         "fde index": " + ".join(str(fde[key]) for key in ("type", "quantize") if fde.get(key)),
         "candidates": f"{info['candidates']:,}" + ("" if info["rerank"] else " (MUVERA-only search by default)"),
+        "fidelity": fidelity(info),
         "dense model": info["dense model"] or "none",
         "content": "stored" if info["content"] else "none",
         "txtai": versions(info["txtai"], info["installed"]["txtai"]),
@@ -96,6 +97,29 @@ def text(info):
 
     width = max(len(key) for key in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines.items())
+
+
+def fidelity(info):
+    """
+    Describes the fidelity estimate: the share of exact MaxSim's nDCG@10 ranking the stored tokens keep, how it was measured
+    and whether the settings were chosen for a target.
+
+    Args:
+        info: describe() dict
+
+    Returns:
+        str
+    """
+
+    estimate = info["fidelity"]
+    if not estimate:
+        return "not measured (no write of 100 or more documents, or built by a version that did not measure it)"
+
+    how = f"chosen for target {info['fidelity target']:g}" if estimate.get("ladder") else "settings as configured"
+    return (
+        f"{estimate['fidelity']:.3f} of exact MaxSim nDCG@10, top-10 overlap {estimate['overlap']:.3f} (estimated on "
+        f"{estimate['documents']:,} documents, {estimate['queries']} pseudo-queries; {how})"
+    )
 
 
 def dims(info):
@@ -182,6 +206,8 @@ def describe(path):
         "ann": {key: value for key, value in ann.items() if key in ("index", "type", "quantize", "hnsw", "ivf", "pq")},
         "rerank": scoring.get("rerank", True),
         "candidates": scoring.get("candidates", 100),
+        "fidelity": scoring.get("estimate"),
+        "fidelity target": scoring.get("fidelity"),
         "dense model": config.get("path"),
         "content": bool(config.get("content")),
         "txtai": build.get("txtai", reason),
