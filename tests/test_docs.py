@@ -116,7 +116,7 @@ def test_preset_table_states_presets(name):
         pool = config.get("pool", schema.DEFAULTS["pool"])
         assert cells[1].split()[0] == str(pool), cells
 
-        tokens, bits = config.get("tokens", schema.DEFAULTS["tokens"]), (config.get("residual") or {}).get("bits")
+        tokens, bits = config.get("tokens", schema.DEFAULTS["tokens"]), (config.get(config.get("tokens")) or {}).get("bits")
         assert cells[2] == (f"{tokens} {bits}-bit" if bits else tokens), cells
 
         full = muvera["repetitions"] * 2 ** muvera["hashes"] * muvera["projection"]

@@ -165,9 +165,9 @@ def test_index_chooses_and_reports(checkpoint, monkeypatch, tmp_path, caplog):
     config = embeddings.config["scoring"]
     estimate = config["estimate"]
     assert not config["choose"] and estimate["documents"] == 150 and estimate["queries"] == fidelity.QUERIES
-    assert estimate["fidelity"] >= 0.99 or estimate["settings"] == "pool 1, float16"
+    assert estimate["fidelity"] >= config["fidelity"] or estimate["settings"] == "pool 1, float16"
     assert estimate["settings"] == fidelity.name(config) and estimate["ladder"][-1]["settings"] == estimate["settings"]
-    assert "Fidelity" in caplog.text and "chosen for fidelity 0.99" in caplog.text
+    assert "Fidelity" in caplog.text and "chosen for fidelity 0.975" in caplog.text
     assert embeddings.search(documents[3], 1)[0]["text"] == documents[3]
 
     embeddings.save(str(tmp_path / "index"))
@@ -201,7 +201,7 @@ def test_failed_first_write_restores_settings(checkpoint, monkeypatch):
     with pytest.raises(TypeError, match="has int text"):
         scoring.index()
     config = scoring.config
-    assert config["pool"] == 2 and config["tokens"] == "residual" and config["residual"]["bits"] == 2 and config["choose"]
+    assert config["pool"] == 2 and config["tokens"] == "adaptive" and config["adaptive"]["bits"] == 2.5 and config["choose"]
     assert "estimate" not in config
 
     scoring.index(documents[:150])
@@ -217,12 +217,12 @@ def test_command_line(checkpoint, monkeypatch, tmp_path, capsys):
     corpus_file.write_text("\n".join(json.dumps({"id": f"d{x}", "text": text}) for x, text in enumerate(corpus(120))), encoding="utf-8")
     assert main(["index", str(corpus_file), str(tmp_path / "index"), "--model", checkpoint, "--quiet"]) == 0
     output = capsys.readouterr().out
-    assert "Fidelity " in output and "estimated on 120 documents" in output and "chosen for fidelity 0.99" in output
+    assert "Fidelity " in output and "estimated on 120 documents" in output and "chosen for fidelity 0.975" in output
 
     assert main(["info", str(tmp_path / "index"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["fidelity"]["documents"] == 120 and info["fidelity target"] == 0.99 and info["fidelity"]["ladder"]
+    assert info["fidelity"]["documents"] == 120 and info["fidelity target"] == 0.975 and info["fidelity"]["ladder"]
 
     assert main(["info", str(tmp_path / "index")]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("fidelity"))
-    assert f"{info['fidelity']['fidelity']:.3f} of exact MaxSim nDCG@10" in line and "chosen for target 0.99" in line
+    assert f"{info['fidelity']['fidelity']:.3f} of exact MaxSim nDCG@10" in line and "chosen for target 0.975" in line

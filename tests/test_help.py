@@ -87,7 +87,7 @@ def expected():
     results = {}
     for name, config in schema.PRESETS.items():
         tokens = config.get("tokens", schema.DEFAULTS["tokens"])
-        bits = (config.get("residual") or {}).get("bits")
+        bits = (config.get(config.get("tokens")) or {}).get("bits")
         values = {
             "tokens": f"{tokens} {bits}-bit" if bits else tokens,
             "pool": config.get("pool", schema.DEFAULTS["pool"]),
@@ -200,7 +200,7 @@ def test_index_gets_help_defaults(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "index" / "config.json", encoding="utf-8") as f:
         scoring = json.load(f)["scoring"]
 
-    bits = (scoring.get("residual") or {}).get("bits")
+    bits = (scoring.get(scoring["tokens"]) or {}).get("bits")
     assert options["tokens"] == (f"{scoring['tokens']} {bits}-bit" if bits else scoring["tokens"])
     assert options["pool"] == str(scoring["pool"]) and options["candidates"] == str(scoring["candidates"])
     assert options["ann"] == scoring["ann"]["index"] and options["quantize"] == str(scoring["ann"]["quantize"] or "none")

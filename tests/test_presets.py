@@ -31,10 +31,10 @@ def test_default_is_compact(checkpoint, monkeypatch):
     embeddings.index(corpus(60))
 
     config = embeddings.config["scoring"]
-    assert config["preset"] == "compact" and config["tokens"] == "residual" and config["residual"]["bits"] == 2 and config["pool"] == 2
+    assert config["preset"] == "compact" and config["tokens"] == "adaptive" and config["adaptive"]["bits"] == 2.5 and config["pool"] == 2
     assert config["muvera"]["final"] == 2048 and config["ann"]["index"] == "flat" and config["ann"]["quantize"] == "sq8"
     assert config["candidates"] == 1000 and config["dimensions"] == 2048
-    assert embeddings.scoring.store.codec.name == "residual"
+    assert embeddings.scoring.store.codec.name == "adaptive" and config["fidelity"] == 0.975 and "estimate" not in config
 
     # Pooled: about half the tokens of the unpooled encoding are stored (the first token is kept, the rest pooled by 2)
     model = ColBERT(checkpoint)

@@ -252,8 +252,8 @@ def measure(sample, rung, clusters=None):
     Args:
         sample: Sample
         rung: dict with pool, tokens and codec options
-        clusters: {pool factor: residual centroids}, shared by the rungs of one search so that residual codecs of one pool factor
-                  reuse one k-means
+        clusters: cache shared by the rungs of one search: the sample pooled by each factor ("pooled", factor) and the residual
+                  centroids learned on it ("centroids", factor), so that the codecs of one pool factor reuse one pooling and one k-means
 
     Returns:
         dict with ndcg, overlap, error (see agreement), bytes (stored token bytes per sample document) and seconds
@@ -262,7 +262,9 @@ def measure(sample, rung, clusters=None):
     start = time.perf_counter()
     clusters = {} if clusters is None else clusters
     factor, name = rung["pool"], rung["tokens"]
-    documents = pool(sample.documents, factor) if factor > 1 else sample.documents
+    if ("pooled", factor) not in clusters:
+        clusters["pooled", factor] = pool(sample.documents, factor) if factor > 1 else sample.documents
+    documents = clusters["pooled", factor]
 
     options = rung.get(name, {})
     if issubclass(codecs.CODECS[name], codecs.Residual):
@@ -271,12 +273,12 @@ def measure(sample, rung, clusters=None):
     if not codec.trained:
         rows = np.concatenate(documents)
         rows = rows[np.sort(np.random.default_rng(0).choice(len(rows), min(len(rows), TRAINING), replace=False))]
-        if isinstance(codec, codecs.Residual) and factor in clusters:
-            codec.train(rows, centroids=clusters[factor])
+        if isinstance(codec, codecs.Residual) and ("centroids", factor) in clusters:
+            codec.train(rows, centroids=clusters["centroids", factor])
         else:
             codec.train(rows)
         if isinstance(codec, codecs.Residual):
-            clusters[factor] = codec.centroids
+            clusters["centroids", factor] = codec.centroids
 
     store = TokenStore(codec.dim, codec)
     store.add(np.arange(len(documents)), documents)
@@ -329,7 +331,7 @@ def name(rung):
     """
 
     codec = rung["tokens"]
-    options = rung.get(codec) or {}
+    options = {**codecs.CODECS[codec].defaults, **(rung.get(codec) or {})}
     label = f"{codec} {options['bits']}-bit" if "bits" in options else codec
     return f"pool {rung['pool']}, {label}"
 

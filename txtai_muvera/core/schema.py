@@ -11,16 +11,20 @@ from .storage import ENGINES
 # Index-level settings and their defaults, written back into the config when missing
 DEFAULTS = {"backend": "faiss", "tokens": "float16", "pool": 1, "candidates": 100, "rerank": True, "batch": 1024}
 
-# Named sets of defaults for new indexes, chosen from the footprint grid (README, "Footprint"). Keys a config sets itself win.
+# Named sets of defaults for new indexes, chosen from measured tables (docs/benchmarks.md, docs/fidelity.md). Keys a config
+# sets itself win.
 #  - exact: 0.1.0's settings: float16 tokens, no pooling, full-size float FDEs, 100 candidates
-#  - compact (default): tokens pooled by 2 and stored as 2-bit residuals, FDEs count-sketched to 2,048 dims and stored as sq8
-#    in an exact (flat) index, 1,000 candidates: 11,053 B/doc on SciFact at 0.996 / 1.014 / 0.991 of exact MaxSim nDCG@10 on
-#    scifact (all 300 test queries; 0.997 on 809 unseen train queries) / msmarco-dl19-5k / dbpedia-5k. At 300 candidates SciFact
-#    fell to 0.982 (README, "Footprint"). PQ-256-8 FDEs kept more candidate recall but took 750 s to train on 5k documents
-#  - small: compact with tokens pooled by 3 and 300 candidates: smaller and faster, 0.987 of exact nDCG@10 on SciFact
+#  - compact (default): a fidelity target of 0.975 (core/fidelity.py): the first write measures how much of exact MaxSim's
+#    ranking each token setting of the ladder keeps on its own documents and keeps the smallest that reaches the target. Listed
+#    here is what an index keeps when no measurement chose (a first write under 100 documents): tokens pooled by 2 and stored as
+#    2.5-bit adaptive residuals, which the ladder chose on SciFact (12.9 kB/doc). FDEs count-sketched to 2,048 dims and stored
+#    as sq8 in an exact (flat) index, 1,000 candidates (at 300 SciFact fell to 0.982 of exact MaxSim's nDCG@10). PQ-256-8 FDEs
+#    kept more candidate recall but took 750 s to train on 5k documents
+#  - small: tokens pooled by 3 as 2-bit residuals, 300 candidates, no target: smaller and faster, 0.987 of exact nDCG@10 on
+#    SciFact; its fidelity is measured and reported all the same
 PRESETS = {
     "exact": {"tokens": "float16", "pool": 1},
-    "compact": {"tokens": "residual", "residual": {"bits": 2}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000, "fidelity": 0.99},
+    "compact": {"tokens": "adaptive", "adaptive": {"bits": 2.5}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000, "fidelity": 0.975},
     "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
 }
 

@@ -26,7 +26,7 @@ def preset(name):
         name: preset name, a key of schema.PRESETS
 
     Returns:
-        dict: tokens, bits (residual codecs), pool, candidates, repetitions, hashes, projection, seed, fill, final, ann, quantize,
+        dict: tokens, bits (residual and adaptive codecs), pool, candidates, repetitions, hashes, projection, seed, fill, final, ann, quantize,
         threshold, efsearch, nprobe, batch
     """
 
@@ -39,7 +39,7 @@ def preset(name):
 
     return {
         "tokens": config.get("tokens", schema.DEFAULTS["tokens"]),
-        "bits": (config.get("residual") or {}).get("bits"),
+        "bits": (config.get(config.get("tokens")) or {}).get("bits"),
         "pool": config.get("pool", schema.DEFAULTS["pool"]),
         "candidates": config.get("candidates", schema.DEFAULTS["candidates"]),
         **{key: muvera[key] for key in ("repetitions", "hashes", "projection", "seed", "fill")},
