@@ -14,6 +14,7 @@ For each dataset (token matrices cached by `benchmarks/footprint.py --encode`):
 
     python benchmarks/fidelity.py                                   # scifact, msmarco-dl19-5k, dbpedia-5k
     python benchmarks/fidelity.py --datasets wordnet-200k --queries 300
+    python benchmarks/fidelity.py --report                          # the table again, chosen rungs marked for the target
 
 Appends one JSON line per (dataset, rung) to benchmarks/output/fidelity.jsonl and prints a markdown table.
 """
@@ -188,6 +189,32 @@ def run(name, data, limit, target, depth, output):
     return lines
 
 
+def report(path, target):
+    """
+    The last line of each (dataset, settings) in a JSON lines file, with the rung the target chooses marked: the first of the
+    ladder, in its order, whose estimate reaches the target.
+    """
+
+    # pylint: disable=C0415
+    from txtai_muvera.core import fidelity
+
+    latest = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = json.loads(line)
+            latest[line["dataset"], line["settings"]] = line
+
+    datasets = list(dict.fromkeys(x[0] for x in latest))
+    ladder = [fidelity.name(x) for x in fidelity.order(fidelity.LADDER, 384)]
+    lines = []
+    for dataset in datasets:
+        rows = sorted((x for (name, _), x in latest.items() if name == dataset), key=lambda x: x["bytes"])
+        chosen = next((name for name in ladder if any(x["settings"] == name and x["estimate"] >= target for x in rows)), None)
+        lines.extend({**x, "chosen": x["settings"] == chosen} for x in rows)
+
+    return lines
+
+
 def table(lines):
     """
     Markdown table of the JSON lines.
@@ -215,6 +242,7 @@ def main():
     parser.add_argument("--target", type=float, default=None, help="fidelity target (default: the compact preset's)")
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--output", default=os.path.join(OUTPUT, "fidelity.jsonl"))
+    parser.add_argument("--report", action="store_true", help="only print the table of the output file, chosen rungs marked for the target")
     args = parser.parse_args()
 
     # pylint: disable=C0415
@@ -224,6 +252,10 @@ def main():
 
     torch.set_num_threads(2)
     target = args.target or schema.PRESETS["compact"]["fidelity"]
+    if args.report:
+        print(table(report(args.output, target)))
+        return
+
     lines = []
     for name in args.datasets.split(","):
         lines.extend(run(name, args.data, args.queries, target, args.candidates, args.output))
