@@ -4,12 +4,12 @@ MaxSim re-ranking. Two paths:
 
   - scoring (default): the real indexing path, `MuveraScoring.insert` + `index()` (MUVERA FDEs, token pooling, the staged write,
     the storage engine's commit with its codec and FDE index) with the index's own settings (`--preset`, default compact), the
-    seed-shaped tiny checkpoint loaded as the model and only its `encode` replaced by the synthetic generator (encoder excluded).
+    tiny checkpoint shaped like neuml/colbert-muvera-micro loaded as the model and only its `encode` replaced by the synthetic generator (encoder excluded).
     Searches go through `MuveraScoring.batchsearch`. With --encoded N (default 10,000) a separate phase indexes N real texts (the
     shared BEIR corpora) through the same class with the real encoder, float32 and half=True: the encoder-included rate.
   - core: the core parts driven directly (MUVERA, pooling, a spilled TokenStore, FDEIndex), with a time per part.
 
-Synthetic documents, not white noise: 128-dim tokens (the seed model's dim) drawn from a vocabulary of 50,000 word vectors
+Synthetic documents, not white noise: 128-dim tokens (neuml/colbert-muvera-micro's dim) drawn from a vocabulary of 50,000 word vectors
 grouped in 2,000 topics (word = topic centre + noise), each document mixing 1-3 topics and a Zipf-distributed share of common
 words, every token perturbed (context) and L2-normalised; lengths log-normal with median 60 tokens, clipped to 4..180 (mean
 about 70: MS MARCO passage-like). Queries: 32 tokens, half copied (perturbed) from one target document, half from its topics.

@@ -105,7 +105,7 @@ def fixtures():
 @pytest.fixture(scope="session")
 def pylate_mini(fixtures):
     """
-    Path to the pylate-mini parity fixture model (random ColBERT shaped like the seed model, with PyLate's own encodings).
+    Path to the pylate-mini parity fixture model (random ColBERT shaped like neuml/colbert-muvera-micro, with PyLate's own encodings).
     """
 
     return fixtures / "pylate-mini" / "model"

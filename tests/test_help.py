@@ -179,7 +179,7 @@ def test_search_help_defaults(capsys, monkeypatch):
 
 
 def test_evaluate_help_defaults(capsys, monkeypatch):
-    # evaluate defaults to the exact preset (0.1.0's settings, the README's tables) and exact FDE search
+    # evaluate defaults to the exact preset (0.1.0's settings, the tables of docs/benchmarks.md) and exact FDE search
     options, table = helptext(capsys, monkeypatch, "evaluate"), expected()
     assert defaults(options["preset"])[0] == "exact"
     for option in SETTINGS:

@@ -243,7 +243,7 @@ def test_codecs(url, table, tmp_path, codec):
     engine = codecstorage(url, table, codec, index="flat")
     ids, fdes, matrices = documents(rng, range(300))
     engine.apply([], [(ids[:150], fdes[:150], matrices[:150]), (ids[150:], fdes[150:], matrices[150:])])
-    trained = codec in ("residual", "pq", "residual4")
+    trained = codec in ("residual", "adaptive", "pq", "residual4")
     assert engine.codec.trained and (bool(state(url, table)) == trained)
 
     # Gathered rows are the codec's own reconstruction of each document, in the requested order

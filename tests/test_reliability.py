@@ -1,5 +1,5 @@
 """
-Bad-input matrix: every row of the README table, through Embeddings and the lower layers
+Bad-input matrix: every row of the table in docs/reliability.md, through Embeddings and the lower layers
 """
 
 import json

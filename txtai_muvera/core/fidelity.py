@@ -19,7 +19,7 @@ QUERIES, SPAN = 128, (8, 16)
 
 # Token rows a rung's codec is trained on (the sample's pooled rows, at most this many) and k-means iterations: a quarter of
 # what the index trains on, so that the ladder stays a small share of encoding. On SciFact with the stand-in the estimates
-# moved by less than 0.003 against 65,536 rows and 20 iterations (README, "Fidelity")
+# moved by less than 0.003 against 65,536 rows and 20 iterations (docs/fidelity.md)
 TRAINING, ITERATIONS = 16384, 10
 
 # Documents a calibration sample holds: the first of the write
@@ -36,7 +36,7 @@ class Sample:
     A pseudo-query is a span of 8 to 16 consecutive token rows of one sample document. Spans need no encoder pass and no text,
     and they ask what real queries ask of stored tokens: which of many similar documents holds the closest match to each of a
     few query tokens. Measured with the stand-in, the share of exact MaxSim's top 10 that stored tokens keep for such spans
-    was within 0.01 of the share kept for the real judged queries (README, "Fidelity").
+    was within 0.01 of the share kept for the real judged queries (docs/fidelity.md).
     """
 
     def __init__(self, documents, queries=QUERIES, seed=0):
@@ -89,7 +89,7 @@ def agreement(exact, stored, depth=DEPTH):
       - ndcg: nDCG@depth of the stored ranking, taking exact MaxSim's top `depth` as graded relevance (depth for its first
         document down to 1 for its last). It is 1.0 when the orders agree, and each exact top document that drops out or moves
         down costs, as a relevant document would in a judged evaluation where every top document is relevant: the strictest
-        case of a real evaluation (README, "Fidelity")
+        case of a real evaluation (docs/fidelity.md)
       - overlap: share of exact MaxSim's top `depth` in the stored top `depth`
       - error: mean absolute difference of the scores
 
@@ -185,7 +185,7 @@ def flatten(matrices):
 
 # Token settings the ladder tries, fewest bytes first (see order): pool factor and codec with its options. Residual 2-bit codes
 # pooled by 3 and 2, adaptive 2.5-bit codes (Residual's 4-bit fidelity at 63% of its bytes), then unpooled rows at 2, 2.5 and 4
-# bits, then float16 rows unpooled, which keep exact MaxSim's ranking (README, "Fidelity")
+# bits, then float16 rows unpooled, which keep exact MaxSim's ranking (docs/fidelity.md)
 LADDER = (
     {"pool": 3, "tokens": "residual", "residual": {"bits": 2}},
     {"pool": 2, "tokens": "residual", "residual": {"bits": 2}},

@@ -97,7 +97,7 @@ class MuveraScoring(Scoring):
         # pylint: disable=W0718
         except Exception as error:
             # Raised when txtai commits (index or upsert), after it has streamed the whole call: its document database and
-            # id offset then advance past the failed call, so later writes line up with the index (see the README)
+            # id offset then advance past the failed call, so later writes line up with the index (docs/reliability.md, "Failed writes")
             self.rollback()
             self.failure = error
         except BaseException:

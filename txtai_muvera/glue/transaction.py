@@ -8,7 +8,7 @@ them directly stays supported.
 Why the write calls and not only the content database: txtai's `Embeddings.index` closes the instance's database and scoring
 index before it reads the first document, and writes its id offset into the instance config before the scoring index commits;
 `Embeddings.delete` never commits a sparse index. Neither a database nor a scoring class can reach the instance's config or
-the previous database, so only a wrapper of the call can restore them (README, "Failed writes").
+the previous database, so only a wrapper of the call can restore them (docs/reliability.md, "Failed writes").
 
 The late-interaction index is restored by MuveraScoring itself (staged writes, all-or-nothing commits), the document database
 (SQLite, or txtai's SQLAlchemy client database, e.g. PostgreSQL) by a savepoint or a transaction, the index offsets from a
@@ -159,7 +159,7 @@ def transaction(embeddings):
     transaction, committed at its end (txtai's client database, `content: postgresql://...`: the server is the source of truth,
     so each successful write call is durable at once and a crashed process leaves nothing half written). Content rows and the
     rows of a pgvector index in the same database commit together (`joined`). Other databases raise before anything is written.
-    A dense ANN index of a hybrid instance is not restored (txtai's faiss index has no undo): see the README.
+    A dense ANN index of a hybrid instance is not restored (txtai's faiss index has no undo): see docs/reliability.md.
 
     Args:
         embeddings: Embeddings instance

@@ -10,7 +10,7 @@ from . import arguments, defaults
 # Default checkpoint evaluated
 MODEL = "neuml/colbert-muvera-micro"
 
-# Preset of evaluated indexes: 0.1.0's settings, the README's quality tables
+# Preset of evaluated indexes: 0.1.0's settings, the quality tables of docs/benchmarks.md
 PRESET = "exact"
 
 # Settings evaluate uses whatever the preset, when not given: exact FDE search, so MUVERA's own quality is what is measured

@@ -41,7 +41,7 @@ class Run:
             muvera: Muvera settings (repetitions, hashes, projection, seed, fill, final)
             candidates: FDE candidates re-ranked per query in rerank mode
             tokens: token storage dtype
-            preset: named defaults for the settings not given (default exact: 0.1.0's settings, the README's quality tables)
+            preset: named defaults for the settings not given (default exact: 0.1.0's settings, the quality tables of docs/benchmarks.md)
             ann: FDE index settings (index, quantize, hnsw, ivf, pq)
             vectors: ColBERT options (batch, threads, lengths, prefixes)
             cache: folder holding built indexes, None to always build
