@@ -192,7 +192,8 @@ def test_similarities_twin(name, options, even):
         if name == "residual":
             bits = options["bits"]
             row = [
-                codec.centroids[codes["codes"][x], d] + codec.weights[(int(codes["residuals"][x][d * bits // 8]) >> (d * bits % 8)) & ((1 << bits) - 1), d]
+                codec.centroids[codes["codes"][x], d]
+                + codec.weights[(int(codes["residuals"][x][d * bits // 8]) >> (d * bits % 8)) & ((1 << bits) - 1), d]
                 for d in range(dim)
             ]
         elif name == "adaptive":
@@ -205,7 +206,9 @@ def test_similarities_twin(name, options, even):
                     position = int(np.flatnonzero(np.flatnonzero(codec.widths == width) == axis)[0])
                     index = (int(codes[f"w{width}"][x][position * width // 8]) >> (position * width % 8)) & ((1 << width) - 1)
                 values.append(float(codec.low[axis]) + float(codec.step[axis]) * (index + 0.5))
-            row = [float(codec.centroids[codes["codes"][x], d]) + sum(values[a] * float(codec.rotation[d, a]) for a in range(dim)) for d in range(dim)]
+            row = [
+                float(codec.centroids[codes["codes"][x], d]) + sum(values[a] * float(codec.rotation[d, a]) for a in range(dim)) for d in range(dim)
+            ]
         else:
             row = [codec.codebooks[d, codes["codes"][x, d], 0] for d in range(dim)]
         for y, token in enumerate(query):

@@ -226,3 +226,20 @@ def test_command_line(checkpoint, monkeypatch, tmp_path, capsys):
     assert main(["info", str(tmp_path / "index")]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("fidelity"))
     assert f"{info['fidelity']['fidelity']:.3f} of exact MaxSim nDCG@10" in line and "chosen for target 0.975" in line
+
+
+def test_failed_measurement_keeps_write(checkpoint, monkeypatch, caplog):
+    # A measurement that fails is logged; the write goes on with the settings as configured
+    monkeypatch.delenv("TXTAI_MUVERA_PRESET", raising=False)
+
+    def broken(*args):
+        raise FloatingPointError("degenerate sample")
+
+    monkeypatch.setattr(fidelity, "choose", broken)
+    embeddings = Embeddings(sparse=checkpoint, content=True)
+    with caplog.at_level("WARNING", logger="txtai_muvera.glue.scoring"):
+        embeddings.index(corpus(120))
+
+    config = embeddings.config["scoring"]
+    assert embeddings.count() == 120 and "estimate" not in config and config["pool"] == 2 and config["tokens"] == "adaptive"
+    assert "Fidelity not measured, token settings kept as configured: FloatingPointError: degenerate sample" in caplog.text

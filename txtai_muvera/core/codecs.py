@@ -749,7 +749,7 @@ def allocate(variances, budget, widths):
         if not following:
             return None
         width = following[0]
-        gain = variances[axis] * (4.0 ** -current - 4.0 ** -width) / (width - current)
+        gain = variances[axis] * (4.0**-current - 4.0**-width) / (width - current)
         return (-gain, axis, width)
 
     heap = [x for x in (step(axis) for axis in range(len(variances))) if x]

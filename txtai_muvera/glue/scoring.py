@@ -97,7 +97,7 @@ class MuveraScoring(Scoring):
         # pylint: disable=W0718
         except Exception as error:
             # Raised when txtai commits (index or upsert), after it has streamed the whole call: its document database and
-            # id offset then advance past the failed call, so later writes line up with the index (docs/reliability.md, "Failed writes")
+            # id offset then advance past the failed call, so later writes line up with the index (docs/reliability.md)
             self.rollback()
             self.failure = error
         except BaseException:
@@ -210,37 +210,47 @@ class MuveraScoring(Scoring):
 
     def calibrate(self, matrices):
         """
-        Measures the fidelity of the token settings on the first documents of a write (the first encoded batch, unpooled), with
-        pseudo-queries cut from them: how much of exact MaxSim's nDCG@10 the stored tokens keep (core/fidelity.py). The first
-        write of an index with a fidelity target and no token settings of its own first chooses them: the smallest rung of the
-        ladder that reaches the target. Writes of fewer than fidelity.MINIMUM documents measure nothing; the next larger write
-        measures the settings in place.
+        Measures the fidelity of the token settings on the first documents of a write (up to fidelity.DOCUMENTS, unpooled),
+        with pseudo-queries cut from them: how much of exact MaxSim's nDCG@10 the stored tokens keep (core/fidelity.py). The
+        first write of an index with a fidelity target and no token settings of its own first chooses them: the smallest rung of
+        the ladder that reaches the target. Writes of fewer than fidelity.MINIMUM documents with tokens measure nothing; the next
+        larger write measures the settings in place. A measurement that fails is logged and leaves the settings as they are:
+        the write goes on.
 
         Args:
-            matrices: float32 token matrices of the batch, unpooled
+            matrices: float32 token matrices, unpooled
         """
 
-        if len(matrices) < fidelity.MINIMUM:
+        if sum(1 for matrix in matrices if len(matrix)) < fidelity.MINIMUM:
             return
 
         start = time.perf_counter()
-        sample = fidelity.Sample(matrices)
         choose = self.config.get("choose") and self.storage is None
+        try:
+            sample = fidelity.Sample(matrices)
+            if choose:
+                rung, tried = fidelity.choose(sample, self.config["fidelity"])
+            else:
+                rung = {key: self.config[key] for key in ("pool", "tokens")}
+                if isinstance(self.config.get(rung["tokens"]), dict):
+                    rung[rung["tokens"]] = self.config[rung["tokens"]]
+                tried = [(rung, fidelity.measure(sample, rung))]
+        # pylint: disable=W0718
+        except Exception as error:
+            logger.warning("Fidelity not measured, token settings kept as configured: %s: %s", type(error).__name__, error)
+            return
+
         if choose:
             self.chosen = {key: copy.deepcopy(self.config[key]) for key in (*fidelity.KEYS, "choose") if key in self.config}
-            rung, tried = fidelity.choose(sample, self.config["fidelity"])
             for key in fidelity.KEYS:
                 self.config.pop(key, None)
             self.config.update(copy.deepcopy(rung))
             self.config["choose"] = False
-        else:
-            rung = {key: self.config[key] for key in ("pool", "tokens")}
-            if isinstance(self.config.get(rung["tokens"]), dict):
-                rung[rung["tokens"]] = self.config[rung["tokens"]]
-            tried = [(rung, fidelity.measure(sample, rung))]
 
         result = dict(next(x for r, x in tried if r == rung))
-        self.config["estimate"] = fidelity.report(rung, result, tried if choose else [], len(sample), len(sample.queries), time.perf_counter() - start)
+        self.config["estimate"] = fidelity.report(
+            rung, result, tried if choose else [], len(sample), len(sample.queries), time.perf_counter() - start
+        )
         logger.info("%s", fidelity.describe(self.config["estimate"], self.config.get("fidelity") if choose else None))
 
     def raisefailure(self):
