@@ -571,9 +571,9 @@ class Adaptive(Residual):
     width are packed together.
 
     Rotation is orthogonal, so a query scores codes without decoding: q . row = q . centroid + (q R) . value, and value is
-    linear in the stored indexes (see similarities). Measured on SciFact with the stand-in (1,024 documents pooled by 2,
-    fidelity.Sample agreement): 2 bits keep 0.977 of exact MaxSim's nDCG@10 ranking where Residual's 2 bits keep 0.974, and
-    2.5 bits keep 0.982, as much as Residual's 4 bits, at 63% of their bytes (docs/fidelity.md).
+    linear in the stored indexes (see similarities). Measured on SciFact with the stand-in (its first 1,024 documents
+    pooled by 2, fidelity.Sample agreement): 2 bits keep 0.978 of exact MaxSim's nDCG@10 ranking where Residual's 2 bits keep
+    0.972, and 2.5 bits keep 0.980 (docs/fidelity.md).
     """
 
     name = "adaptive"
