@@ -184,7 +184,7 @@ def flatten(matrices):
 
 
 # Token settings the ladder tries, fewest bytes first (see order): pool factor and codec with its options. Residual 2-bit codes
-# pooled by 3 and 2, adaptive 2.5-bit codes (Residual's 4-bit fidelity at 63% of its bytes), then unpooled rows at 2, 2.5 and 4
+# pooled by 3 and 2, adaptive 2.5-bit codes (nearly Residual's 4-bit fidelity at 63% of its bytes), then unpooled rows at 2, 2.5 and 4
 # bits, then float16 rows unpooled, which keep exact MaxSim's ranking (docs/fidelity.md)
 LADDER = (
     {"pool": 3, "tokens": "residual", "residual": {"bits": 2}},
