@@ -68,14 +68,58 @@ Bytes per document: every file of the saved index divided by the documents.
 SETTINGS = """## Settings
 
 - txtai-muvera: the package defaults (`preset: compact` unless the row names another preset; candidates per query as the row
-  says, else the preset's), through its txtai scoring class (`MuveraScoring`: index, save, load, search).
+  says, else the preset's), through its txtai scoring class (`MuveraScoring`: index, save, load, search). Rows that name token
+  settings ("4-bit", "pool 1 4-bit") set `tokens: residual` with `residual: {bits: 4}` (and `pool: 1`) over the default preset.
 - PLAID: PyLate's `indexes.PLAID` with its defaults (fast-plaid backend, `nbits` 4, `kmeans_niters` 4, `n_ivf_probe` 8,
   `n_full_scores` 8,192), `device="cpu"`, searched through `retrieve.ColBERT`; "1024 full scores" searches the same index with
   `n_full_scores` 1,024.
-- Voyager: PyLate's `indexes.Voyager` with its defaults (HNSW over every token, `M` 64, `ef_construction` 200, `ef_search` 200),
-  100 candidates per query token re-ranked by PyLate's exact MaxSim.
-- Peak RSS: the build process's peak includes the token matrices handed to it (float32, the form an encoder returns);
+- Peak RSS: the build process's peak includes the token matrices handed to it (the form an encoder returns);
   the search process holds the model and the loaded index.
+"""
+
+VOYAGER = """- Voyager: PyLate's `indexes.Voyager` with its defaults (HNSW over every token, `M` 64, `ef_construction` 200, `ef_search`
+  200), 100 candidates per query token re-ranked by PyLate's exact MaxSim.
+"""
+
+# Commands that produced the tables (the second run's PyLate index is the first run's, reused)
+COMMANDS = """## Commands
+
+```bash
+python benchmarks/peers/peers.py --datasets scifact --commit 054e9eb --output benchmarks/output/peers-054e9eb.jsonl \\
+    --systems "txtai-muvera,txtai-muvera 300 candidates,txtai-muvera small,PLAID,PLAID 1024 full scores"
+python benchmarks/peers/peers.py --datasets scifact --commit 50e9e21 --reuse \\
+    --systems "txtai-muvera,txtai-muvera 300 candidates,txtai-muvera small,txtai-muvera 4-bit,txtai-muvera pool 1 4-bit,PLAID,PLAID 1024 full scores"
+python benchmarks/peers/peers.py --report --history benchmarks/output/peers-054e9eb.jsonl   # the first run's lines, kept apart
+python benchmarks/peers/peers.py --datasets wordnet-200k --systems txtai-muvera,PLAID --inputs float16
+```
+"""
+
+# Shown while a dataset has no measured rows: what its run costs, from the SciFact measurements and the corpus's token count
+WORDNET = """## wordnet-200k
+
+Not in the tables yet: the last command above runs it. Its 198,257 documents hold 4,393,340 tokens (22.2 per document,
+counted with the stand-in's tokenizer), 4.8 × SciFact's 917,080. Encoding them with the stand-in ran at about 2,300
+documents a minute on the shared 2-core machine (about 90 minutes). PLAID's build on SciFact took 392 CPU seconds and peaked
+at 6.1 GB RSS with 1.4 GB of float32 token matrices handed to it; scaled by tokens that is over 30 CPU minutes (more: fast-plaid
+sizes its k-means by the square root of the token count: 32,768 centroids here against SciFact's 8,192) and more memory than
+the 24 GB machine has with float32 inputs, hence `--inputs float16` (3.4 GB of inputs) for this set.
+"""
+
+NOTES = """## Reading the tables
+
+- Quality: both sides score the same token matrices, so nDCG@10 differences come from what each index keeps and searches.
+  PLAID's 4-bit residuals can land above or below exact MaxSim over the unquantized tokens; the confidence intervals are
+  paired over the judged queries (normal approximation).
+- Bytes: fast-plaid writes its codes and residuals twice, per chunk (`0.codes.npy`, `0.residuals.npy`) and merged
+  (`merged_codes.npy`, `merged_residuals.npy`); "counted once" leaves the merged copies out. PyLate adds its id maps
+  (pickles). txtai-muvera's figure is every file of the saved index: FDE index, token codes and codec, ids and `config.json`.
+- Build: from token matrices in memory to a saved index. txtai-muvera's build includes pooling, the token codec's k-means,
+  MUVERA FDEs and, for a new index, the fidelity measurement on its first documents (the time it took is in the settings
+  column); PLAID's includes its k-means, residual codec and inverted lists. fast-plaid runs its work in float16, which CPUs
+  without float16 matrix units run slowly, and mostly on one core (its CPU seconds are close to its wall seconds).
+- Search: one query per call, as an application serves it; PyLate's `PLAID` index reads its id maps from disk on every call
+  and fast-plaid's CPU search runs mostly on one core. Query encoding is the same model on both sides and is reported apart.
+- Timings on a shared 2-core machine vary with the load; the interleaving makes the ratios fair, not the absolute values.
 """
 
 DEFAULT = ["txtai-muvera", "txtai-muvera 300 candidates", "txtai-muvera small", "PLAID", "PLAID 1024 full scores"]
@@ -445,18 +489,39 @@ def run(args):
                 log(f"{dataset} {name}: nDCG@10 {line['ndcg@10']}, search p50/p95 {line['search_ms']}, {line['bytes_per_doc']:,.0f} B/doc")
 
 
-def latest(path):
+def latest(paths):
     """
-    The newest result line of every (dataset, system) in a results file, in file order.
+    The newest result line of every (dataset, commit, system) in results files, in file order.
     """
 
     lines = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            x = json.loads(line)
-            lines[(x["dataset"], x["system"])] = x
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                x = json.loads(line)
+                lines[(x["dataset"], x.get("commit"), x["system"])] = x
 
     return list(lines.values())
+
+
+def describe(x):
+    """
+    Short description of a row's stored form and search settings.
+    """
+
+    settings, search = x.get("settings") or {}, x.get("search") or {}
+    if x["library"] == "txtai-muvera":
+        bits = f" {settings['residual']['bits']}-bit" if settings.get("tokens") == "residual" and settings.get("residual") else ""
+        candidates = search.get("candidates", settings.get("candidates"))
+        text = f"{settings.get('preset')}: pool {settings.get('pool')}, {settings.get('tokens')}{bits}, {candidates} candidates"
+        estimate = settings.get("estimate")
+        if estimate:
+            text += f"; fidelity measured at build: {estimate['fidelity']:.3f} in {estimate['seconds']:.0f} s"
+        return text
+    if x["library"] == "plaid":
+        return f"nbits {settings.get('nbits', 4)}, n_full_scores {search.get('n_full_scores', 8192)}"
+
+    return ", ".join(f"{key} {value}" for key, value in {**settings, **search}.items()) or "defaults"
 
 
 def unique(x):
@@ -469,29 +534,35 @@ def unique(x):
     return (x["bytes"] - duplicates) / x["documents"]
 
 
-def report(path):
+def report(paths):
     """
-    Writes docs/peers.md (tables per dataset, ratios against PLAID) and docs/peers.png (nDCG@10 against bytes and latency).
+    Writes docs/peers.md (tables per dataset and commit, ratios against PLAID) and docs/peers.png (nDCG@10 against bytes and
+    latency). The first file's runs come first; later files add earlier runs.
     """
 
-    rows = latest(path)
+    rows = latest(paths)
     exact = {x["dataset"]: x["ndcg@10"] for x in rows if x["library"] == "exact"}
     exactrows = {x["dataset"]: x for x in rows if x["library"] == "exact"}
     rows = [x for x in rows if x["library"] != "exact"]
-    datasets = list(dict.fromkeys(x["dataset"] for x in rows))
+    sections = list(dict.fromkeys((x["dataset"], x["commit"]) for x in rows))
+    primary = {dataset: commit for dataset, commit in reversed(sections)}
 
-    header = ["system", "nDCG@10", "B/doc on disk", "build s (CPU s)", "build peak RSS MB", "search p50 / p95 ms", "search CPU p50 ms",
-              "query encoding p50 ms", "search process RSS MB (peak)"]
+    header = ["system", "stored as / searched with", "nDCG@10", "B/doc on disk", "build s (CPU s)", "build peak RSS MB", "search p50 / p95 ms",
+              "search CPU p50 ms", "query encoding p50 ms", "search process RSS MB (peak)"]
     text = ["# Peers: PyLate PLAID and Voyager\n", INTRO]
-    for dataset in datasets:
-        items = [x for x in rows if x["dataset"] == dataset]
+    for dataset, commit in sorted(sections, key=lambda x: (x[0], x[1] != primary[x[0]])):
+        items = [x for x in rows if x["dataset"] == dataset and x["commit"] == commit]
         first = items[0]
-        text.append(f"## {dataset}\n")
+        text.append(f"## {dataset}, txtai-muvera at `{commit}`\n")
         text.append(
             f"{first['documents']:,} documents, {first['queries']:,} judged queries; measured {first['date']}, txtai-muvera at commit "
             f"`{first['commit']}`, PyLate {first['pylate']['pylate']} with fast-plaid {first['pylate']['fast-plaid']}, "
-            f"{first['threads']} threads per process, 1-minute load average {first['loadavg']} at the end of the run.\n"
+            f"{first['threads']} threads per process, build inputs {first.get('inputs', 'float32')}, 1-minute load average "
+            f"{first['loadavg']} at the end of the run.\n"
         )
+        reused = sorted({x["built"] for x in items if x.get("built") and x["built"] != x["date"]})
+        if reused:
+            text.append(f"PyLate's indexes were built by the run of {', '.join(reused)} and reused (`--reuse`); their build columns are that run's.\n")
         if first.get("parity"):
             parity = first["parity"]
             text.append(
@@ -511,7 +582,7 @@ def report(path):
                 size += f" ({unique(x):,.0f} counted once)"
             table.append(
                 "| " + " | ".join([
-                    x["system"], f"{x['ndcg@10']:.4f}", size, f"{x['build_s']:,.1f} ({x.get('build_cpu_s', float('nan')):,.1f})",
+                    x["system"], describe(x), f"{x['ndcg@10']:.4f}", size, f"{x['build_s']:,.1f} ({x.get('build_cpu_s', float('nan')):,.1f})",
                     f"{x['build_peak_rss_mb']:,.0f}", f"{x['search_ms']['p50']:,.1f} / {x['search_ms']['p95']:,.1f}",
                     f"{x.get('search_cpu_ms', {}).get('p50', float('nan')):,.1f}", f"{x['encode_ms']['p50']:,.1f}",
                     f"{x['loaded_rss_mb']:,.0f} ({x['search_peak_rss_mb']:,.0f})",
@@ -522,13 +593,14 @@ def report(path):
         # Ratios of each txtai-muvera system against PyLate's PLAID with its defaults
         plaid = next((x for x in items if x["system"] == "PLAID"), None)
         if plaid:
-            ratios = ["| system | nDCG@10 − PLAID's (95% CI, paired over queries) | B/doc: PLAID ÷ this | build: PLAID ÷ this (wall / CPU) | search p50: PLAID ÷ this (wall / CPU) |",
-                      "|---|---|---|---|---|"]
+            ratios = ["| system | nDCG@10 − PLAID's (95% CI, paired over queries) | within 0.005 | B/doc: PLAID ÷ this | build: PLAID ÷ this (wall / CPU) "
+                      "| search p50: PLAID ÷ this (wall / CPU) |", "|---|---|---|---|---|---|"]
             for x in items:
                 if x["library"] != "txtai-muvera":
                     continue
                 ratios.append(
-                    f"| {x['system']} | {x['ndcg@10'] - plaid['ndcg@10']:+.4f}{interval(x, plaid)} | {plaid['bytes_per_doc'] / x['bytes_per_doc']:.1f} "
+                    f"| {x['system']} | {x['ndcg@10'] - plaid['ndcg@10']:+.4f}{interval(x, plaid)} | "
+                    f"{'yes' if abs(x['ndcg@10'] - plaid['ndcg@10']) <= 0.005 else 'no'} | {plaid['bytes_per_doc'] / x['bytes_per_doc']:.1f} "
                     f"({unique(plaid) / unique(x):.1f} counted once) | {plaid['build_s'] / x['build_s']:.1f} / "
                     f"{plaid.get('build_cpu_s', float('nan')) / x.get('build_cpu_s', float('nan')):.1f} | "
                     f"{plaid['search_ms']['p50'] / x['search_ms']['p50']:.1f} / "
@@ -542,11 +614,15 @@ def report(path):
                     f"{interval(plaid, exactrows[dataset])}.\n"
                 )
 
-    text.append(SETTINGS)
+    if not any(x["dataset"] == "wordnet-200k" for x in rows):
+        text.append(WORDNET)
+    text.append(NOTES)
+    text.append(SETTINGS + (VOYAGER if any(x["library"] == "voyager" for x in rows) else ""))
+    text.append(COMMANDS)
     with open(os.path.join(DOCS, "peers.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(text))
 
-    plot(rows, datasets, exact)
+    plot(rows, primary, exact)
 
 
 def interval(x, y):
@@ -563,10 +639,13 @@ def interval(x, y):
     return f" ({difference.mean() - error:+.4f} to {difference.mean() + error:+.4f})"
 
 
-def plot(rows, datasets, exact):
+def plot(rows, primary, exact):
     """
-    docs/peers.png: nDCG@10 against bytes per document and against search p50, one panel row per dataset.
+    docs/peers.png: nDCG@10 against bytes per document and against search p50, one panel row per dataset. Rows of earlier runs
+    carry their commit in the label.
     """
+
+    datasets = list(primary)
 
     # pylint: disable=C0415
     import matplotlib
@@ -582,7 +661,8 @@ def plot(rows, datasets, exact):
             for x in items:
                 value = x["search_ms"]["p50"] if key == "search" else x[key]
                 axis.scatter(value, x["ndcg@10"], color=colours.get(x["library"], "k"), s=40)
-                axis.annotate(x["system"], (value, x["ndcg@10"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+                label = x["system"] if x["commit"] == primary[dataset] else f"{x['system']} ({x['commit'][:7]})"
+                axis.annotate(label, (value, x["ndcg@10"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
             axis.set_xscale("log")
             axis.set_xlabel(label)
             axis.set_ylabel("nDCG@10")
@@ -619,6 +699,7 @@ def main():
     parser.add_argument("--output", default=os.path.join(OUTPUT, "peers.jsonl"))
     parser.add_argument("--reuse", action="store_true", help="reuse PyLate indexes an earlier run left, with that run's build measurements")
     parser.add_argument("--encode", action="store_true", help="only encode and cache the datasets' token matrices")
+    parser.add_argument("--history", nargs="*", default=[], help="earlier results files whose runs the report adds after --output's")
     parser.add_argument("--report", action="store_true", help="only write docs/peers.md and docs/peers.png from --output")
     args = parser.parse_args()
 
@@ -631,7 +712,7 @@ def main():
     if not args.report:
         run(args)
 
-    report(args.output)
+    report([args.output, *args.history])
 
 
 if __name__ == "__main__":

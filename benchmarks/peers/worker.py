@@ -153,7 +153,10 @@ class Ours:
         with open(os.path.join(index, "config.json"), "w", encoding="utf-8") as f:
             json.dump(scoring.config, f, default=str)
 
-        return seconds, {key: scoring.config.get(key) for key in ("preset", "tokens", "pool", "candidates", "muvera", "ann", "residual")}
+        settings = {key: scoring.config.get(key) for key in ("preset", "tokens", "pool", "candidates", "muvera", "ann", "residual", "fidelity")}
+        estimate = scoring.config.get("estimate") or {}
+        settings["estimate"] = {key: estimate.get(key) for key in ("fidelity", "settings", "seconds", "documents", "queries")} if estimate else None
+        return seconds, settings
 
     def load(self, index, system):
         # pylint: disable=C0415
