@@ -74,7 +74,7 @@ class MuveraScoring(Scoring):
         if self.failure is not None:
             return
 
-        try:
+        with self.failing():
             ids, texts = self.texts(documents, index or 0)
             if self.staged is None:
                 self.staged = Staged(self.dim, "float32" if self.config["tokens"] == "float32" else "float16")
@@ -94,10 +94,18 @@ class MuveraScoring(Scoring):
                     if sum(len(x[0]) for x in self.pending) >= fidelity.DOCUMENTS:
                         self.flush()
 
+    @contextmanager
+    def failing(self):
+        """
+        Runs a step of a write: an error drops the staged write and is kept, to be raised when txtai commits (index or upsert),
+        after it has streamed the whole call: its document database and id offset then advance past the failed call, so later
+        writes line up with the index (docs/reliability.md). Interrupts drop the write and propagate at once.
+        """
+
+        try:
+            yield
         # pylint: disable=W0718
         except Exception as error:
-            # Raised when txtai commits (index or upsert), after it has streamed the whole call: its document database and
-            # id offset then advance past the failed call, so later writes line up with the index (docs/reliability.md)
             self.rollback()
             self.failure = error
         except BaseException:
@@ -181,15 +189,8 @@ class MuveraScoring(Scoring):
         """
 
         if self.pending and self.failure is None:
-            try:
+            with self.failing():
                 self.flush()
-            # pylint: disable=W0718
-            except Exception as error:
-                self.rollback()
-                self.failure = error
-            except BaseException:
-                self.rollback()
-                raise
         self.pending = None
 
     def rollback(self):
