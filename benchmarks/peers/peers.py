@@ -545,7 +545,14 @@ def report(paths):
     exactrows = {x["dataset"]: x for x in rows if x["library"] == "exact"}
     rows = [x for x in rows if x["library"] != "exact"]
     sections = list(dict.fromkeys((x["dataset"], x["commit"]) for x in rows))
-    primary = {dataset: commit for dataset, commit in reversed(sections)}
+
+    # The newest run of each dataset in the first file comes first
+    primary = {}
+    with open(paths[0], encoding="utf-8") as f:
+        for line in f:
+            x = json.loads(line)
+            if x["library"] != "exact":
+                primary[x["dataset"]] = x["commit"]
 
     header = ["system", "stored as / searched with", "nDCG@10", "B/doc on disk", "build s (CPU s)", "build peak RSS MB", "search p50 / p95 ms",
               "search CPU p50 ms", "query encoding p50 ms", "search process RSS MB (peak)"]
@@ -641,8 +648,8 @@ def interval(x, y):
 
 def plot(rows, primary, exact):
     """
-    docs/peers.png: nDCG@10 against bytes per document and against search p50, one panel row per dataset. Rows of earlier runs
-    carry their commit in the label.
+    docs/peers.png: nDCG@10 against bytes per document and against search p50, one panel row per dataset: the newest run's
+    systems, and the default of earlier runs (labelled with its commit).
     """
 
     datasets = list(primary)
@@ -654,17 +661,21 @@ def plot(rows, primary, exact):
     import matplotlib.pyplot as plt
 
     colours = {"txtai-muvera": "C0", "plaid": "C3", "voyager": "C2"}
-    figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
+    panels = (("bytes_per_doc", "bytes per document on disk"), ("search", "search p50 ms (one query, interleaved; query encoding excluded)"))
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.6 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets):
-        items = [x for x in rows if x["dataset"] == dataset]
-        for axis, key, label in ((row[0], "bytes_per_doc", "bytes per document on disk"), (row[1], "search", "search p50 ms (one query, query encoding excluded)")):
-            for x in items:
-                value = x["search_ms"]["p50"] if key == "search" else x[key]
-                axis.scatter(value, x["ndcg@10"], color=colours.get(x["library"], "k"), s=40)
-                label = x["system"] if x["commit"] == primary[dataset] else f"{x['system']} ({x['commit'][:7]})"
-                axis.annotate(label, (value, x["ndcg@10"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        items = [x for x in rows if x["dataset"] == dataset and (x["commit"] == primary[dataset] or x["system"] == "txtai-muvera")]
+        for axis, (key, title) in zip(row, panels):
+            for x, item in enumerate(sorted(items, key=lambda y: y["ndcg@10"])):
+                # Systems that search another system's index have its size: one point on the size panel
+                if key == "bytes_per_doc" and SYSTEMS.get(item["system"], {}).get("index"):
+                    continue
+                value = item["search_ms"]["p50"] if key == "search" else item[key]
+                name = item["system"] if item["commit"] == primary[dataset] else f"{item['system']} ({item['commit'][:7]})"
+                axis.scatter(value, item["ndcg@10"], color=colours.get(item["library"], "k"), s=36, marker="o" if item["commit"] == primary[dataset] else "s")
+                axis.annotate(name, (value, item["ndcg@10"]), textcoords="offset points", xytext=(6, 5 if x % 2 else -10), fontsize=7)
             axis.set_xscale("log")
-            axis.set_xlabel(label)
+            axis.set_xlabel(title)
             axis.set_ylabel("nDCG@10")
             axis.set_title(f"{dataset}: nDCG@10 against {'latency' if key == 'search' else 'size'}", fontsize=10)
             axis.grid(True, which="both", alpha=0.3)
@@ -673,8 +684,8 @@ def plot(rows, primary, exact):
                 axis.annotate("exact MaxSim", (0.01, exact[dataset]), xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points", fontsize=7, color="grey")
             low = min([x["ndcg@10"] for x in items] + [exact.get(dataset, 1)])
             high = max([x["ndcg@10"] for x in items] + [exact.get(dataset, 0)])
-            axis.set_ylim(low - 0.02, high + 0.02)
-            axis.margins(x=0.25)
+            axis.set_ylim(low - 0.01, high + 0.01)
+            axis.margins(x=0.3)
 
     for library in dict.fromkeys(x["library"] for x in rows):
         axes[0][0].scatter([], [], color=colours.get(library, "k"), label=library if library == "txtai-muvera" else f"PyLate {library}")
