@@ -556,7 +556,8 @@ def report(paths):
 
     header = ["system", "stored as / searched with", "nDCG@10", "B/doc on disk", "build s (CPU s)", "build peak RSS MB", "search p50 / p95 ms",
               "search CPU p50 ms", "query encoding p50 ms", "search process RSS MB (peak)"]
-    text = ["# Peers: PyLate PLAID and Voyager\n", INTRO]
+    measured = " and Voyager" if any(x["library"] == "voyager" for x in rows) else ""
+    text = [f"# Peers: PyLate PLAID{measured}\n", INTRO]
     for dataset, commit in sorted(sections, key=lambda x: (x[0], x[1] != primary[x[0]])):
         items = [x for x in rows if x["dataset"] == dataset and x["commit"] == commit]
         first = items[0]
