@@ -410,10 +410,17 @@ class Residual(Codec):
         self.settable()
 
     def parts(self):
-        # Centroid ids in the narrowest unsigned type, residual indexes packed 8 / bits to a byte
+        # Residual indexes packed 8 / bits to a byte
+        return {"codes": (self.idtype(), ()), "residuals": ("uint8", (-(-self.dim * self.options["bits"] // 8),))}
+
+    def idtype(self):
+        """
+        Returns:
+            the narrowest unsigned dtype name that holds a centroid id (uint16 while the count is unknown)
+        """
+
         k = self.options["centroids"]
-        kind = "uint8" if k is not None and k <= 1 << 8 else "uint16" if k is None or k <= 1 << 16 else "uint32"
-        return {"codes": (kind, ()), "residuals": ("uint8", (-(-self.dim * self.options["bits"] // 8),))}
+        return "uint8" if k is not None and k <= 1 << 8 else "uint16" if k is None or k <= 1 << 16 else "uint32"
 
     def encode(self, rows):
         self.checktrained()
@@ -635,8 +642,7 @@ class Adaptive(Residual):
         return {width: axes for width, axes in groups.items() if len(axes)}
 
     def parts(self):
-        k = self.options["centroids"]
-        kind = "uint8" if k is not None and k <= 1 << 8 else "uint16" if k is None or k <= 1 << 16 else "uint32"
+        kind = self.idtype()
         if self.widths is None:
             return {"codes": (kind, ())}
 
@@ -719,10 +725,6 @@ class Adaptive(Residual):
         self.setcentroids(state["centroids"])
         self.rotation, self.widths, self.low, self.step = state["rotation"], widths, state["low"], state["step"]
 
-    def settable(self):
-        # Decoding reads the groups directly (values): no byte table
-        pass
-
 
 def allocate(variances, budget, widths):
     """
@@ -752,13 +754,12 @@ def allocate(variances, budget, widths):
         gain = variances[axis] * (4.0**-current - 4.0**-width) / (width - current)
         return (-gain, axis, width)
 
+    # One entry per axis at most, always its next width: an axis whose next step does not fit is dropped
     heap = [x for x in (step(axis) for axis in range(len(variances))) if x]
     heapq.heapify(heap)
     spent = 0
     while heap:
         _, axis, width = heapq.heappop(heap)
-        if width != [x for x in widths if x > result[axis]][0]:
-            continue
         if spent + width - result[axis] > budget:
             continue
         spent += width - result[axis]
