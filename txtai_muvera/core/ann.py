@@ -14,7 +14,7 @@ from . import files
 FORMAT, VERSION, VERSIONS = "txtai-muvera-fdeindex", 2, (1, 2)
 
 # Accepted settings
-INDEXES, QUANTIZE = ("auto", "flat", "hnsw", "ivf"), (None, "sq8", "pq", "binary")
+INDEXES, QUANTIZE = ("auto", "flat", "hnsw", "ivf", "fastscan"), (None, "sq8", "pq", "binary")
 
 # Defaults chosen with benchmarks/ann.py on 10k clustered FDEs of 10,240 dims, 2 cores:
 #  - exact search reads n * dims * 4 bytes per query (memory bound, ~10 ms per 3,000 documents at 10,240 dims), so auto
@@ -35,6 +35,12 @@ IVF = {"nlist": None, "nprobe": 64}
 # 16 * 2^nbits is the faster-to-train setting
 PQ = {"m": None, "nbits": 8, "train": None, "sample": None}
 
+# Fast-scan first stage (index "fastscan"): every vector also gets 4-bit PQ codes (m sub-quantizers, None = dims / 8: 128 bytes
+# at 2,048 dims) that faiss scans with SIMD lookups for factor x limit candidates, re-scored exactly against the stored vectors
+# (float or sq8). Below `threshold` vectors there is no first stage: search scans the stored vectors (flat). The codes are
+# trained on at most `sample` vectors. Chosen with benchmarks/candidates.py (docs/scale.md)
+FASTSCAN = {"m": None, "factor": 4, "threshold": 50000, "sample": 65536}
+
 # Binary codes (one sign bit per dimension): rescore * limit Hamming candidates are re-scored by the float query against the
 # +-1 codes (asymmetric inner product), best first
 BINARY = {"rescore": 4}
@@ -51,6 +57,8 @@ class FDEIndex:
       - ivf: inverted lists, nlist defaults to sqrt(n) (at most n / 39 so every list can be trained), nprobe to 64.
         On FDEs IVF needs to visit many lists: prefer hnsw
       - auto: flat when index() gets at most `threshold` vectors, hnsw above. The choice holds until the next index().
+      - fastscan: flat, plus 4-bit PQ fast-scan codes of every vector once the index holds fastscan.threshold vectors: search
+        scans the codes for factor x limit candidates and re-scores them against the stored vectors (see FASTSCAN)
 
     quantize compresses stored vectors:
       - sq8: 8 bits per dimension (trained on the min/max of the first index() call)
@@ -66,7 +74,7 @@ class FDEIndex:
     """
 
     # pylint: disable=R0913,R0917
-    def __init__(self, dimensions, index="auto", quantize=None, threshold=THRESHOLD, hnsw=None, ivf=None, pq=None, binary=None, trained=None):
+    def __init__(self, dimensions, index="auto", quantize=None, threshold=THRESHOLD, hnsw=None, ivf=None, pq=None, binary=None, trained=None, fastscan=None):
         """
         Creates an empty index.
 
@@ -81,6 +89,8 @@ class FDEIndex:
                 (most training vectors)
             binary: dict with rescore (Hamming candidates per result re-scored in float)
             trained: resolved state written into config, ignored here (the data decides)
+            fastscan: dict with m (sub-quantizers, must divide dimensions), factor (candidates scanned per result), threshold
+                      (fewest vectors that get a first stage), sample (most training vectors)
         """
 
         if index not in INDEXES:
@@ -91,12 +101,15 @@ class FDEIndex:
             raise ValueError(f"dimensions must be a positive integer, got {dimensions}")
         if int(threshold) < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
-        if quantize == "binary" and (index == "ivf" or int(dimensions) % 8):
+        if quantize == "binary" and (index in ("ivf", "fastscan") or int(dimensions) % 8):
             raise ValueError(f"binary codes need dimensions divisible by 8 and index flat, hnsw or auto, got {dimensions} and {index!r}")
+        if index == "fastscan" and quantize not in (None, "sq8"):
+            raise ValueError(f"index fastscan re-scores float or sq8 vectors: quantize must be None or sq8, got {quantize!r}")
 
         self.dimensions, self.type, self.quantize, self.threshold = int(dimensions), index, quantize, int(threshold)
         self.hnsw, self.ivf = {**HNSW, **(hnsw or {})}, {**IVF, **(ivf or {})}
         self.pq, self.binary = {**PQ, **(pq or {})}, {**BINARY, **(binary or {})}
+        self.fastscan = {**FASTSCAN, **(fastscan or {})}
 
         if quantize == "pq":
             m, nbits = int(self.pq.get("m") or pqsize(self.dimensions)), int(self.pq["nbits"])
@@ -108,10 +121,15 @@ class FDEIndex:
             self.pq["train"] = int(self.pq["train"] if self.pq["train"] is not None else 16 * 2**nbits)
         if int(self.binary["rescore"]) < 1:
             raise ValueError(f"binary rescore must be >= 1, got {self.binary['rescore']}")
+        if index == "fastscan":
+            self.fastscan.update(fastscanned(self.dimensions, self.fastscan))
 
         # Resolved index type, faiss index, ids deleted but still stored (hnsw), whether the quantizer is trained and an id to
-        # code row lookup for binary re-scoring (built on first use)
+        # code row lookup for re-scoring (built on first use)
         self.kind, self.backend, self.deleted, self.trained, self.lookup = None, None, np.zeros(0, dtype=np.int64), None, None
+
+        # Fast-scan first stage (index fastscan, from fastscan.threshold vectors): 4-bit PQ codes of the same ids
+        self.scan = None
 
         # Sorted copy of stored(), kept up to date by add and delete so that the known-id checks cost a binary search per id in
         # the batch instead of a sort of every stored id. None until first needed (after load and index())
@@ -159,6 +177,10 @@ class FDEIndex:
         # are merged into it: a copy of the sorted ids, no sort
         known, self.known, self.lookup = self.known, None, None
         self.backend.add_with_ids(self.encode(vectors), ids)
+        if self.scan is not None:
+            self.scan.add_with_ids(vectors, ids)
+        elif self.kind == "fastscan" and self.count() >= int(self.fastscan["threshold"]):
+            self.scan = self.scanner(self.count(), self.rows)
         ids = np.sort(ids)
         self.known = np.insert(known, np.searchsorted(known, ids), ids)
 
@@ -183,6 +205,8 @@ class FDEIndex:
             found = ids[self.contains(ids)]
             known, self.known, self.lookup = self.known, None, None
             self.backend.remove_ids(faiss.IDSelectorArray(ids) if self.kind == "ivf" else faiss.IDSelectorBatch(ids))
+            if self.scan is not None:
+                self.scan.remove_ids(faiss.IDSelectorBatch(ids))
             self.known = np.delete(known, np.searchsorted(known, found))
 
     def snapshot(self):
@@ -194,7 +218,8 @@ class FDEIndex:
         """
 
         ntotal = 0 if self.backend is None else int(self.backend.ntotal)
-        return (self.backend, self.kind, self.trained, self.deleted, self.known, dict(self.ivf), ntotal)
+        scanned = 0 if self.scan is None else int(self.scan.ntotal)
+        return (self.backend, self.kind, self.trained, self.deleted, self.known, dict(self.ivf), ntotal, self.scan, scanned)
 
     def restore(self, snapshot, ids):
         """
@@ -212,17 +237,22 @@ class FDEIndex:
             ids: int64 ids added since the snapshot (those the index holds are removed)
         """
 
-        backend, kind, trained, deleted, known, ivf, ntotal = snapshot
+        backend, kind, trained, deleted, known, ivf, ntotal, scan, scanned = snapshot
+        added = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
         if self.backend is backend and backend is not None and int(backend.ntotal) > ntotal:
-            added = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
             self.known = None
-            added = added[self.contains(added)]
+            stored = added[self.contains(added)]
             if kind == "hnsw":
-                deleted, known = np.union1d(deleted, added), None
+                deleted, known = np.union1d(deleted, stored), None
             else:
-                self.backend.remove_ids(faiss.IDSelectorArray(added) if kind == "ivf" else faiss.IDSelectorBatch(added))
+                self.backend.remove_ids(faiss.IDSelectorArray(stored) if kind == "ivf" else faiss.IDSelectorBatch(stored))
+
+        # A first stage built since the snapshot is dropped; one that was there loses the ids added to it since
+        if self.scan is scan and scan is not None and int(scan.ntotal) > scanned:
+            scan.remove_ids(faiss.IDSelectorBatch(added))
 
         self.backend, self.kind, self.trained, self.deleted, self.known, self.ivf, self.lookup = backend, kind, trained, deleted, known, ivf, None
+        self.scan = scan
 
     def search(self, queries, limit, efsearch=None, nprobe=None):
         """
@@ -251,6 +281,9 @@ class FDEIndex:
         scores, ids = np.full((len(queries), limit), -np.inf, dtype=np.float32), np.full((len(queries), limit), -1, dtype=np.int64)
         if self.backend is None or not self.count() or not limit or not len(queries):
             return scores, ids
+
+        if self.scan is not None:
+            return self.rescan(queries, limit)
 
         # Binary codes fetch rescore x limit Hamming candidates, re-scored below
         binary = self.quantize == "binary"
@@ -312,6 +345,8 @@ class FDEIndex:
                 config["trained"] = self.trained
         if self.quantize == "binary":
             config["binary"] = dict(self.binary)
+        if self.kind == "fastscan" or self.type == "fastscan":
+            config["fastscan"] = dict(self.fastscan)
 
         return config
 
@@ -335,6 +370,9 @@ class FDEIndex:
                 write = faiss.write_index_binary if self.quantize == "binary" else faiss.write_index
                 write(self.backend, os.path.join(tmp, "index.faiss"))
                 names.append("index.faiss")
+            if self.scan is not None:
+                faiss.write_index(self.scan, os.path.join(tmp, "scan.faiss"))
+                names.append("scan.faiss")
             np.save(os.path.join(tmp, "deleted.npy"), self.deleted, allow_pickle=False)
 
             header = {
@@ -342,7 +380,7 @@ class FDEIndex:
                 "version": VERSION,
                 "dimensions": self.dimensions,
                 "count": self.count(),
-                "config": {**self.config, "hnsw": self.hnsw, "ivf": self.ivf, "pq": self.pq, "binary": self.binary},
+                "config": {**self.config, "hnsw": self.hnsw, "ivf": self.ivf, "pq": self.pq, "binary": self.binary, "fastscan": self.fastscan},
                 "checksums": {name: files.digest(os.path.join(tmp, name)) for name in names},
             }
             files.writeheader(tmp, header)
@@ -369,7 +407,15 @@ class FDEIndex:
 
         config = header["config"]
         index = cls(
-            header["dimensions"], config["index"], config["quantize"], config["threshold"], config["hnsw"], config["ivf"], config["pq"], config.get("binary")
+            header["dimensions"],
+            config["index"],
+            config["quantize"],
+            config["threshold"],
+            config["hnsw"],
+            config["ivf"],
+            config["pq"],
+            config.get("binary"),
+            fastscan=config.get("fastscan"),
         )
         index.kind = config["type"]
 
@@ -394,6 +440,17 @@ class FDEIndex:
 
             if index.backend.d != index.dimensions or index.count() != header["count"]:
                 raise ValueError(f"FDE index file {indexfile} does not match its header (dimensions, count)")
+
+            # A fast-scan first stage is saved when the index had one
+            scanfile = os.path.join(path, "scan.faiss")
+            if "scan.faiss" in (header.get("checksums") or {}):
+                verify(scanfile, header)
+                try:
+                    index.scan = faiss.read_index(scanfile)
+                except RuntimeError as error:
+                    raise ValueError(f"Corrupt FDE index file {scanfile}: {error}") from error
+                if index.scan.ntotal != index.backend.ntotal:
+                    raise ValueError(f"FDE index file {scanfile} does not match its header (count)")
 
             # Version 1 PQ indexes were always trained; version 2 records it
             if index.quantize == "pq":
@@ -433,7 +490,11 @@ class FDEIndex:
                 backend.train(vectors)
         backend.add_with_ids(self.encode(vectors), ids)
 
-        self.backend, self.deleted, self.lookup, self.known = backend, np.zeros(0, dtype=np.int64), None, None
+        scan = None
+        if kind == "fastscan" and len(ids) >= int(self.fastscan["threshold"]):
+            scan = self.scanner(len(ids), lambda a, b: (ids[a:b], vectors[a:b]))
+
+        self.backend, self.deleted, self.lookup, self.known, self.scan = backend, np.zeros(0, dtype=np.int64), None, None, scan
 
     def create(self, count):
         """
@@ -547,19 +608,96 @@ class FDEIndex:
             (uint8 (n, dimensions / 8) view of every stored code, int64 row positions shaped like ids)
         """
 
+        inner = faiss.downcast_IndexBinary(self.backend.index)
+        storage = faiss.downcast_IndexBinary(inner.storage) if self.kind == "hnsw" else inner
+        codes = faiss.rev_swig_ptr(storage.xb.data(), storage.xb.size()).reshape(-1, self.dimensions // 8)
+        return codes, self.positions(ids)
+
+    def positions(self, ids):
+        """
+        Storage rows of ids in the backend (-1 for none), by binary search in an id to row lookup built on first use.
+
+        Args:
+            ids: int64 array of ids, -1 for none
+
+        Returns:
+            int64 row positions shaped like ids
+        """
+
         if self.lookup is None:
             stored = self.stored()
             order = np.argsort(stored, kind="stable")
             self.lookup = (stored[order], order.astype(np.int64))
 
-        inner = faiss.downcast_IndexBinary(self.backend.index)
-        storage = faiss.downcast_IndexBinary(inner.storage) if self.kind == "hnsw" else inner
-        codes = faiss.rev_swig_ptr(storage.xb.data(), storage.xb.size()).reshape(-1, self.dimensions // 8)
-
         keys, order = self.lookup
-        slots = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
-        found = (ids >= 0) & (keys[slots] == ids) if len(keys) else np.zeros(ids.shape, dtype=bool)
-        return codes, np.where(found, order[slots] if len(keys) else -1, -1)
+        if not len(keys):
+            return np.full(ids.shape, -1, dtype=np.int64)
+        slots = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+        return np.where((ids >= 0) & (keys[slots] == ids), order[slots], -1)
+
+    def rescan(self, queries, limit):
+        """
+        Fast-scan search: the 4-bit codes pick factor x limit candidates per query, which are re-scored exactly against the stored
+        vectors (decoded by faiss from their float or sq8 codes), best first.
+
+        Args:
+            queries: float32 (nq, dimensions)
+            limit: results per query
+
+        Returns:
+            (scores float32 (nq, limit), ids int64 (nq, limit))
+        """
+
+        _, candidates = self.scan.search(queries, limit * int(self.fastscan["factor"]))
+        inner = faiss.downcast_index(self.backend.index)
+        codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size()).reshape(-1, inner.code_size)
+        positions = self.positions(candidates)
+
+        scores, ids = np.full((len(queries), limit), -np.inf, dtype=np.float32), np.full((len(queries), limit), -1, dtype=np.int64)
+        for x, query in enumerate(queries):
+            valid = positions[x] >= 0
+            rows, found = positions[x][valid], candidates[x][valid]
+            values = inner.sa_decode(codes[rows]) @ query
+            order = np.argsort(-values, kind="stable")[:limit]
+            scores[x, : len(order)], ids[x, : len(order)] = values[order], found[order]
+
+        return scores, ids
+
+    def scanner(self, count, rows):
+        """
+        Builds the fast-scan first stage over every stored vector: 4-bit PQ codes trained on a seeded sample of at most
+        fastscan.sample vectors, then filled in blocks so that no full float copy of a large index is ever made.
+
+        Args:
+            count: number of vectors
+            rows: function (start, end) -> (int64 ids, float32 vectors) of vectors start..end-1
+
+        Returns:
+            faiss IndexIDMap2 over an IndexPQFastScan
+        """
+
+        scan = faiss.IndexIDMap2(faiss.IndexPQFastScan(self.dimensions, int(self.fastscan["m"]), 4, faiss.METRIC_INNER_PRODUCT))
+        quiet(scan)
+        size = min(count, int(self.fastscan["sample"]))
+        sample = np.sort(np.random.default_rng(0).choice(count, size, replace=False))
+        blocks = [(a, min(a + 65536, count)) for a in range(0, count, 65536)]
+        scan.train(np.concatenate([rows(a, b)[1][sample[(sample >= a) & (sample < b)] - a] for a, b in blocks]))
+        for a, b in blocks:
+            ids, vectors = rows(a, b)
+            scan.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+        return scan
+
+    def rows(self, start, end):
+        """
+        Ids and vectors (decoded from the stored codes) of storage rows start..end-1 of a flat backend.
+
+        Returns:
+            (int64 ids, float32 vectors)
+        """
+
+        ids = faiss.rev_swig_ptr(self.backend.id_map.data(), self.backend.id_map.size())[start:end].astype(np.int64)
+        return ids, faiss.downcast_index(self.backend.index).reconstruct_n(start, end - start)
 
     def contains(self, ids):
         """
@@ -753,6 +891,31 @@ def verify(file, header):
         raise ValueError(f"Corrupt FDE index header: no checksum for {file}")
     if files.digest(file) != checksums[name]:
         raise ValueError(f"Corrupt FDE index file {file}: checksum mismatch (the file changed after it was saved)")
+
+
+def fastscanned(dimensions, options):
+    """
+    Checks fast-scan options and resolves the number of sub-quantizers.
+
+    Args:
+        dimensions: vector dimensions
+        options: dict with m, factor, threshold, sample
+
+    Returns:
+        dict of resolved integer options
+    """
+
+    m = options.get("m") or next(x for x in range(max(1, dimensions // 8), 0, -1) if dimensions % x == 0)
+    resolved = {"m": m, "factor": options.get("factor"), "threshold": options.get("threshold"), "sample": options.get("sample")}
+    for name, low in (("m", 1), ("factor", 1), ("threshold", 0), ("sample", 1)):
+        value = resolved[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"fastscan {name} must be an integer >= {low}, got {value!r}")
+        resolved[name] = int(value)
+    if dimensions % resolved["m"]:
+        raise ValueError(f"fastscan m must divide dimensions ({dimensions}), got {resolved['m']}")
+
+    return resolved
 
 
 def pqsize(dimensions):
