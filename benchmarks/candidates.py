@@ -114,6 +114,12 @@ def structures(n, d):
         quantizer.this.disown()
         return index
 
+    def product(m, factor):
+        # pylint: disable=C0415
+        from txtai_muvera.core.ann import FDEIndex
+
+        return FDEIndex(d, "fastscan", "sq8", fastscan={"m": m, "factor": factor, "threshold": 0})
+
     nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
     return {
         "flat sq8": (lambda: faiss.IndexScalarQuantizer(d, sq8, ip), [{}]),
@@ -121,6 +127,8 @@ def structures(n, d):
         "pq-fs m512 + sq8 x4": (lambda: refined(faiss.IndexPQFastScan(d, 512, 4, ip), 4), [{}]),
         "pq-fs m512 + sq8 x8": (lambda: refined(faiss.IndexPQFastScan(d, 512, 4, ip), 8), [{}]),
         f"ivf{nlist} pq-fs m256 + sq8 x4": (lambda: refined(ivf(256, nlist), 4), [{"nprobe": x} for x in (32, 128, 512)]),
+        "FDEIndex fastscan m256 x4": (lambda: product(256, 4), [{}]),
+        "FDEIndex fastscan m256 x8": (lambda: product(256, 8), [{}]),
     }
 
 
@@ -137,16 +145,23 @@ def run(args):
     n, d = fdes.shape
     output = os.path.join(OUTPUT, "candidates.jsonl")
     chosen = structures(n, d)
-    for key in args.structures.split(",") if args.structures else chosen:
+    for key in args.structures.split(",") if args.structures else [x for x in chosen if not x.startswith("ivf")]:
         factory, settings = chosen[key]
         index, start = factory(), time.perf_counter()
-        rows = np.sort(np.random.default_rng(0).choice(n, min(n, args.train), replace=False))
-        index.train(np.asarray(fdes[rows], dtype=np.float32))
-        trained = time.perf_counter() - start
-        for a, b in chunks(n, 65536):
-            index.add(np.asarray(fdes[a:b], dtype=np.float32))
-        built = time.perf_counter() - start
-        size = len(faiss.serialize_index(index)) / n
+        if key.startswith("FDEIndex"):
+            # The package's own index: built from a first block, then extended block by block, as a write would
+            for a, b in chunks(n, 65536):
+                (index.add if a else index.index)(np.arange(a, b), np.asarray(fdes[a:b], dtype=np.float32))
+            trained = built = time.perf_counter() - start
+            size = (len(faiss.serialize_index(index.backend)) + len(faiss.serialize_index(index.scan))) / n
+        else:
+            rows = np.sort(np.random.default_rng(0).choice(n, min(n, args.train), replace=False))
+            index.train(np.asarray(fdes[rows], dtype=np.float32))
+            trained = time.perf_counter() - start
+            for a, b in chunks(n, 65536):
+                index.add(np.asarray(fdes[a:b], dtype=np.float32))
+            built = time.perf_counter() - start
+            size = len(faiss.serialize_index(index)) / n
         log(f"{key}: built in {built:.0f} s ({trained:.0f} s training), {size:,.0f} B/doc")
 
         for setting in settings:
@@ -158,7 +173,7 @@ def run(args):
                 times, found = [], []
                 for x, query in enumerate(queries):
                     clock = time.perf_counter()
-                    _, ids = index.search(query[None], depth, params=params)
+                    _, ids = index.search(query[None], depth, params=params) if params else index.search(query[None], depth)
                     times.append(time.perf_counter() - clock)
                     found.append(len(set(ids[0].tolist()) & set(exact[x].tolist())) / 10)
                 line = {"corpus": name, "documents": n, "queries": len(queries), "structure": key, **setting, "depth": depth,

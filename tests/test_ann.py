@@ -583,6 +583,11 @@ def test_fastscan(tmp_path):
     assert loaded.scan.ntotal == 1500 and loaded.config == index.config
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
 
+    # A first stage left apart from the stored vectors (a failure between the two halves of a delete) is rebuilt on search
+    loaded.scan.remove_ids(faiss.IDSelectorBatch(ids[1::2][:5]))
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    assert loaded.scan.ntotal == 1500
+
     # A flipped bit in the first stage's file fails the load and names it
     data = bytearray((tmp_path / "ann" / "scan.faiss").read_bytes())
     data[len(data) - 9] ^= 0x10

@@ -32,7 +32,7 @@ def test_default_is_compact(checkpoint, monkeypatch):
 
     config = embeddings.config["scoring"]
     assert config["preset"] == "compact" and config["tokens"] == "adaptive" and config["adaptive"]["bits"] == 2.5 and config["pool"] == 2
-    assert config["muvera"]["final"] == 2048 and config["ann"]["index"] == "flat" and config["ann"]["quantize"] == "sq8"
+    assert config["muvera"]["final"] == 2048 and config["ann"]["index"] == "fastscan" and config["ann"]["quantize"] == "sq8"
     assert config["candidates"] == 1000 and config["dimensions"] == 2048
     assert embeddings.scoring.store.codec.name == "adaptive" and config["fidelity"] == 0.975 and "estimate" not in config
 
@@ -53,11 +53,14 @@ def test_settings_override_preset(checkpoint):
         Embeddings(sparse={"path": checkpoint, "preset": "tiny"}).index(corpus(3))
 
 
-@pytest.mark.parametrize("preset", ["compact", "small"])
-def test_lifecycle(checkpoint, preset, tmp_path):
+@pytest.mark.parametrize("preset, scanned", [("compact", False), ("small", False), ("compact", True)])
+def test_lifecycle(checkpoint, preset, scanned, tmp_path):
+    # scanned: the FDE index's fast-scan first stage starts at 50 documents instead of its default threshold
     documents, queries = corpus(120), corpus(5, 1)
-    embeddings = Embeddings(sparse={"path": checkpoint, "preset": preset, "candidates": 200}, content=True)
+    ann = {"ann": {"fastscan": {"threshold": 50}}} if scanned else {}
+    embeddings = Embeddings(sparse={"path": checkpoint, "preset": preset, "candidates": 200, **ann}, content=True)
     embeddings.index([(i, text, None) for i, text in enumerate(documents)])
+    assert (embeddings.scoring.storage.fdes.scan is not None) == scanned
 
     # Every document is a candidate: results are exact MaxSim over the stored (pooled, compressed) tokens, close to exact MaxSim
     # over the full encodings
@@ -79,4 +82,7 @@ def test_lifecycle(checkpoint, preset, tmp_path):
     loaded = Embeddings()
     loaded.load(str(tmp_path / "index"))
     assert loaded.count() == 120 and loaded.batchsearch(queries, 5) == before
+    assert (loaded.scoring.storage.fdes.scan is not None) == scanned
+    if scanned:
+        assert loaded.scoring.storage.fdes.scan.ntotal == 120
     assert loaded.search("select text from txtai where id = '5'")[0]["text"] == "weather sports weather sports"

@@ -449,8 +449,9 @@ class FDEIndex:
                     index.scan = faiss.read_index(scanfile)
                 except RuntimeError as error:
                     raise ValueError(f"Corrupt FDE index file {scanfile}: {error}") from error
-                if index.scan.ntotal != index.backend.ntotal:
-                    raise ValueError(f"FDE index file {scanfile} does not match its header (count)")
+                stored = [faiss.vector_to_array(x.id_map) for x in (index.scan, index.backend)]
+                if not np.array_equal(*stored):
+                    raise ValueError(f"FDE index file {scanfile} does not hold the ids of {indexfile} in the same order")
 
             # Version 1 PQ indexes were always trained; version 2 records it
             if index.quantize == "pq":
@@ -637,8 +638,10 @@ class FDEIndex:
 
     def rescan(self, queries, limit):
         """
-        Fast-scan search: the 4-bit codes pick factor x limit candidates per query, which are re-scored exactly against the stored
-        vectors (decoded by faiss from their float or sq8 codes), best first.
+        Fast-scan search: the 4-bit codes pick factor x limit candidates per query, which faiss re-scores exactly against the
+        stored vectors (float or sq8 codes), best first. The first stage holds the same ids in the same storage order as the
+        backend (every add, delete and restore changes both alike, and both keep order when removing), so faiss's IndexRefine
+        pairs them by position.
 
         Args:
             queries: float32 (nq, dimensions)
@@ -648,19 +651,18 @@ class FDEIndex:
             (scores float32 (nq, limit), ids int64 (nq, limit))
         """
 
-        _, candidates = self.scan.search(queries, limit * int(self.fastscan["factor"]))
-        inner = faiss.downcast_index(self.backend.index)
-        codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size()).reshape(-1, inner.code_size)
-        positions = self.positions(candidates)
+        if self.scan.ntotal != self.backend.ntotal:
+            # Only a failure between the two halves of a delete leaves them apart: rebuild the first stage from the backend
+            self.scan = self.scanner(int(self.backend.ntotal), self.rows)
 
-        scores, ids = np.full((len(queries), limit), -np.inf, dtype=np.float32), np.full((len(queries), limit), -1, dtype=np.int64)
-        for x, query in enumerate(queries):
-            valid = positions[x] >= 0
-            rows, found = positions[x][valid], candidates[x][valid]
-            values = inner.sa_decode(codes[rows]) @ query
-            order = np.argsort(-values, kind="stable")[:limit]
-            scores[x, : len(order)], ids[x, : len(order)] = values[order], found[order]
+        refine = faiss.IndexRefine(faiss.downcast_index(self.scan.index), faiss.downcast_index(self.backend.index))
+        refine.k_factor = float(self.fastscan["factor"])
+        scores, positions = refine.search(queries, limit)
 
+        idmap = faiss.rev_swig_ptr(self.backend.id_map.data(), self.backend.id_map.size())
+        ids = np.where(positions >= 0, idmap[np.maximum(positions, 0)], -1).astype(np.int64)
+        scores = scores.astype(np.float32)
+        scores[ids < 0] = -np.inf
         return scores, ids
 
     def scanner(self, count, rows):

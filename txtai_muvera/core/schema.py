@@ -18,14 +18,15 @@ DEFAULTS = {"backend": "faiss", "tokens": "float16", "pool": 1, "candidates": 10
 #    ranking each token setting of the ladder keeps on its own documents and keeps the smallest that reaches the target. Listed
 #    here is what an index keeps when no measurement chose (a first write under 100 documents): tokens pooled by 2 and stored as
 #    2.5-bit adaptive residuals, which the ladder chose on SciFact (12.9 kB/doc). FDEs count-sketched to 2,048 dims and stored
-#    as sq8 in an exact (flat) index, 1,000 candidates (at 300 SciFact fell to 0.982 of exact MaxSim's nDCG@10). PQ-256-8 FDEs
-#    kept more candidate recall but took 750 s to train on 5k documents
+#    as sq8, searched exactly (flat) up to the fast-scan threshold and through a 4-bit PQ fast-scan first stage from there
+#    (core/ann.py FASTSCAN: at a million documents a flat scan costs ~0.5 s per query), 1,000 candidates (at 300 SciFact fell
+#    to 0.982 of exact MaxSim's nDCG@10). PQ-256-8 FDEs kept more candidate recall but took 750 s to train on 5k documents
 #  - small: tokens pooled by 3 as 2-bit residuals, 300 candidates, no target: smaller and faster, 0.987 of exact nDCG@10 on
 #    SciFact; its fidelity is measured and reported all the same
 PRESETS = {
     "exact": {"tokens": "float16", "pool": 1},
-    "compact": {"tokens": "adaptive", "adaptive": {"bits": 2.5}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 1000, "fidelity": 0.975},
-    "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "flat", "quantize": "sq8"}, "candidates": 300},
+    "compact": {"tokens": "adaptive", "adaptive": {"bits": 2.5}, "pool": 2, "muvera": {"final": 2048}, "ann": {"index": "fastscan", "quantize": "sq8"}, "candidates": 1000, "fidelity": 0.975},
+    "small": {"tokens": "residual", "residual": {"bits": 2}, "pool": 3, "muvera": {"final": 2048}, "ann": {"index": "fastscan", "quantize": "sq8"}, "candidates": 300},
 }
 
 # Preset of new indexes that name none (an environment variable can change it for a process, e.g. in tests)
@@ -134,13 +135,14 @@ def check(config):
         raise ValueError(f"rerank must be true or false, got {config['rerank']!r}")
 
     ann = config.get("ann") or {}
-    for group, names in (("hnsw", ("m", "efconstruction", "efsearch")), ("ivf", ("nprobe",))):
+    lows = {("hnsw", "m"): 2, ("fastscan", "threshold"): 0}
+    for group, names in (("hnsw", ("m", "efconstruction", "efsearch")), ("ivf", ("nprobe",)), ("fastscan", ("m", "factor", "threshold", "sample"))):
         options = ann.get(group) or {}
         if not isinstance(options, dict):
             raise TypeError(f"ann.{group} must be a dict, got {options!r}")
         for name in names:
             if options.get(name) is not None:
-                options[name] = integer(f"ann.{group}.{name}", options[name], 2 if name == "m" else 1)
+                options[name] = integer(f"ann.{group}.{name}", options[name], lows.get((group, name), 1))
     if ann.get("ivf", {}) and ann["ivf"].get("nlist") is not None:
         ann["ivf"]["nlist"] = integer("ann.ivf.nlist", ann["ivf"]["nlist"], 1)
 

@@ -8,7 +8,7 @@ from ...core import schema
 from . import defaults
 
 # FDE index types
-ANN = ["auto", "flat", "hnsw", "ivf"]
+ANN = ["auto", "flat", "hnsw", "ivf", "fastscan"]
 
 
 def common(parser):
@@ -64,10 +64,15 @@ def index(parser, chosen=None, fixed=None, skip=(), hidden=False, prefix=""):
     add(muvera, "seed", type=int, help=f"random seed {default('seed')}")
 
     store = parser.add_argument_group("storage and search")
-    threshold = defaults.preset(chosen)["threshold"]
+    threshold, fastscan = defaults.preset(chosen)["threshold"], defaults.preset(chosen)["fastscan"]
     add(store, "tokens", choices=defaults.codecs(), help=f"token codec {default('tokens')}")
     add(store, "pool", type=positive, help=f"pool stored document tokens by this factor {default('pool')}")
-    add(store, "ann", choices=ANN, help=f"FDE index, auto: flat up to {threshold} documents, hnsw above {default('ann')}")
+    add(
+        store,
+        "ann",
+        choices=ANN,
+        help=f"FDE index, auto: flat up to {threshold} documents, hnsw above; fastscan: flat, and 4-bit codes scanned first from {fastscan} documents {default('ann')}",
+    )
     add(store, "quantize", choices=["sq8", "pq"], help=f"compress stored FDEs {default('quantize')}")
     add(store, "candidates", type=positive, help=f"FDE candidates re-ranked by exact MaxSim per query {default('candidates')}")
 

@@ -27,7 +27,7 @@ def preset(name):
 
     Returns:
         dict: tokens, bits (residual and adaptive codecs), pool, candidates, repetitions, hashes, projection, seed, fill, final, ann, quantize,
-        threshold, efsearch, nprobe, batch
+        threshold, fastscan (its threshold), efsearch, nprobe, batch
     """
 
     if name not in schema.PRESETS:
@@ -47,6 +47,7 @@ def preset(name):
         "ann": (config.get("ann") or {}).get("index", ann["index"]),
         "quantize": (config.get("ann") or {}).get("quantize", ann["quantize"]),
         "threshold": constant(module, "THRESHOLD"),
+        "fastscan": constant(module, "FASTSCAN")["threshold"],
         "efsearch": constant(module, "HNSW")["efsearch"],
         "nprobe": constant(module, "IVF")["nprobe"],
         "batch": signature(*SOURCES["model"])["batch"],
@@ -172,6 +173,8 @@ def table():
         index = settings["ann"]
         if index == "auto":
             index = f"auto (flat up to {settings['threshold']:,} documents, HNSW above)"
+        elif index == "fastscan":
+            index = f"fastscan (flat below {settings['fastscan']:,} documents, a 4-bit first stage from there)"
 
         rows.append(
             f"| `{name}`{' (default)' if name == schema.PRESET else ''} | {settings['pool'] if settings['pool'] > 1 else '1 (none)'} | "

@@ -203,7 +203,7 @@ def describe(path):
         "fde dims": scoring.get("dimensions"),
         "muvera": muvera,
         "fde index": store["fde index"],
-        "ann": {key: value for key, value in ann.items() if key in ("index", "type", "quantize", "hnsw", "ivf", "pq")},
+        "ann": {key: value for key, value in ann.items() if key in ("index", "type", "quantize", "hnsw", "ivf", "pq", "fastscan")},
         "rerank": scoring.get("rerank", True),
         "candidates": scoring.get("candidates", 100),
         "fidelity": scoring.get("estimate"),
