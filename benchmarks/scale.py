@@ -112,6 +112,53 @@ class Generator:
         return normalise(np.concatenate([normalise(copied), topical]))
 
 
+class Cached:
+    """
+    A cached token set (benchmarks/peers/peers.py --encode, e.g. wordnet-200k) in place of the generator: document i is the
+    corpus's i-th token matrix (float32), queries are its first judged queries, with their ids and the qrels for nDCG@10.
+    """
+
+    def __init__(self, name, queries):
+        # pylint: disable=C0415
+        from footprint import Tokens
+
+        self.tokens = Tokens(os.path.join(OUTPUT, "tokens", name))
+        self.size = len(self.tokens.offsets) - 1
+        judged = [x for x, uid in enumerate(self.tokens.queryids) if uid in self.tokens.qrels][:queries]
+        everything = self.tokens.queries()
+        self.queries = [everything[x] for x in judged]
+        self.queryids = [self.tokens.queryids[x] for x in judged]
+
+    def document(self, index):
+        """
+        Token matrix of document index.
+        """
+
+        return np.asarray(self.tokens.tokens[self.tokens.offsets[index] : self.tokens.offsets[index + 1]], dtype=np.float32)
+
+    def batch(self, start, end):
+        """
+        Documents start..end-1.
+        """
+
+        return [self.document(x) for x in range(start, end)]
+
+
+def source(args):
+    """
+    Documents and recall queries of a run: (source with document(i), number of documents, query token matrices).
+    """
+
+    if args.dataset:
+        cached = Cached(args.dataset, args.queries)
+        return cached, cached.size, cached.queries
+
+    generator = Generator()
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, args.documents, args.queries)
+    return generator, args.documents, [generator.query(int(t), x) for x, t in enumerate(targets)]
+
+
 def normalise(rows):
     """
     L2-normalises rows.
@@ -387,10 +434,7 @@ def buildscoring(args, output, folder):
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
 
-    generator = Generator()
-    rng = np.random.default_rng(1)
-    targets = rng.integers(0, args.documents, args.queries)
-    queries = [generator.query(int(t), x) for x, t in enumerate(targets)]
+    generator, documents, queries = source(args)
 
     scoring = MuveraScoring(scoringconfig(args))
     synthetic = Synthetic(generator, queries)
@@ -398,15 +442,15 @@ def buildscoring(args, output, folder):
     write(output, {"phase": "config", "config": {k: v for k, v in scoring.config.items() if k != "vectors"}})
 
     start = time.perf_counter()
-    for a in range(0, args.documents, args.batch):
-        b = min(a + args.batch, args.documents)
+    for a in range(0, documents, args.batch):
+        b = min(a + args.batch, documents)
         scoring.insert([(x, str(x), None) for x in range(a, b)], a)
         if (b // args.batch) % args.every == 0:
             elapsed = time.perf_counter() - start - synthetic.seconds
             write(output, {"phase": "progress", "documents": b, "docs_per_s": round(b / elapsed, 1), "wall_s": round(time.perf_counter() - start, 1)})
 
     staged = time.perf_counter() - start - synthetic.seconds
-    write(output, {"phase": "staged", "documents": args.documents, "seconds": round(staged, 1), "staging_bytes": staging(scoring)})
+    write(output, {"phase": "staged", "documents": documents, "seconds": round(staged, 1), "staging_bytes": staging(scoring)})
 
     clock = time.perf_counter()
     scoring.index()
@@ -416,7 +460,8 @@ def buildscoring(args, output, folder):
     scoring.save(os.path.join(folder, "scoring"))
     save = time.perf_counter() - clock
 
-    np.save(os.path.join(folder, "queries.npy"), np.stack(queries))
+    with open(os.path.join(folder, "queries.json"), "w", encoding="utf-8") as f:
+        json.dump([x.tolist() for x in queries], f)
     with open(os.path.join(folder, "exact.json"), "w", encoding="utf-8") as f:
         json.dump({"ids": [x[1].tolist() for x in synthetic.best], "scores": [x[0].tolist() for x in synthetic.best]}, f)
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
@@ -424,12 +469,12 @@ def buildscoring(args, output, folder):
 
     saved = sizes(os.path.join(folder, "scoring"))
 
-    write(output, {"phase": "index", "path": "scoring", "documents": args.documents, "tokens": synthetic.tokens,
-                   "tokens_per_doc": round(synthetic.tokens / args.documents, 1), "generate_and_exact_s": round(synthetic.seconds, 1),
+    write(output, {"phase": "index", "path": "scoring", "documents": documents, "tokens": synthetic.tokens,
+                   "tokens_per_doc": round(synthetic.tokens / documents, 1), "generate_and_exact_s": round(synthetic.seconds, 1),
                    "insert_s": round(staged, 1), "commit_s": round(commit, 1), "save_s": round(save, 1),
-                   "docs_per_s": round(args.documents / (staged + commit), 1),
-                   "bytes_per_doc": {k: round(v / args.documents, 1) for k, v in saved.items()},
-                   "bytes_per_doc_total": round(sum(saved.values()) / args.documents, 1)})
+                   "docs_per_s": round(documents / (staged + commit), 1), "estimate": scoring.config.get("estimate"),
+                   "bytes_per_doc": {k: round(v / documents, 1) for k, v in saved.items()},
+                   "bytes_per_doc_total": round(sum(saved.values()) / documents, 1)})
 
 
 def staging(scoring):
@@ -467,7 +512,9 @@ def searchscoring(args, output, folder):
     with open(os.path.join(folder, "exact.json"), encoding="utf-8") as f:
         exact = json.load(f)
 
-    queries, generator = np.load(os.path.join(folder, "queries.npy")), Generator()
+    with open(os.path.join(folder, "queries.json"), encoding="utf-8") as f:
+        queries = [np.array(x, dtype=np.float32) for x in json.load(f)]
+    generator = Cached(args.dataset, args.queries) if args.dataset else Generator()
     scoring = MuveraScoring(config)
     scoring.encoder.encode = Synthetic(None, list(queries)).encode
 
@@ -480,7 +527,7 @@ def searchscoring(args, output, folder):
     depths = [(None, n) for n in args.nprobe] if kind == "ivf" else [(e, None) for e in args.efsearch or [None]] if kind == "hnsw" else [(None, None)]
     for candidates, (efsearch, nprobe) in ((c, d) for d in depths for c in args.candidates):
         options = SearchOptions(candidates=candidates, efsearch=efsearch, nprobe=nprobe)
-        found, kept, ratio, times = [], [], [], []
+        found, kept, ratio, times, runs, exactruns = [], [], [], [], {}, {}
         for x, query in enumerate(queries):
             top, scores = set(exact["ids"][x]), exact["scores"][x]
 
@@ -493,6 +540,9 @@ def searchscoring(args, output, folder):
                 results = scoring.batchsearch([str(x)], 10)[0]
             times.append(time.perf_counter() - clock)
             kept.append(len(top & {uid for uid, _ in results}) / len(top))
+            if args.dataset:
+                runs[generator.queryids[x]] = [generator.tokens.docids[int(uid)] for uid, _ in results]
+                exactruns[generator.queryids[x]] = [generator.tokens.docids[int(uid)] for uid in exact["ids"][x]]
 
             # Exact MaxSim (float32, unpooled tokens) of the returned top 10 against the exact top 10's: near 1 when the
             # documents missed score like the ones found
@@ -502,7 +552,24 @@ def searchscoring(args, output, folder):
                        "queries": len(queries), "load_s": round(load, 2),
                        "recall_exact_top10_in_candidates": round(float(np.mean(found)), 4),
                        "recall_exact_top10_in_results": round(float(np.mean(kept)), 4),
-                       "exact_score_ratio_top10": round(float(np.mean(ratio)), 5), **latency(times)})
+                       "exact_score_ratio_top10": round(float(np.mean(ratio)), 5), **latency(times), **judged(generator, runs, exactruns)})
+
+
+def judged(source, runs, exactruns):
+    """
+    nDCG@10 of the results and of exact MaxSim on a cached set's judged queries (ranx, through the package's Metrics), with
+    their ratio; nothing for synthetic documents.
+    """
+
+    if not runs:
+        return {}
+
+    # pylint: disable=C0415
+    from txtai_muvera.tools.evaluation import Metrics
+
+    metrics, qrels = Metrics(["ndcg@10"]), {uid: source.tokens.qrels[uid] for uid in runs}
+    found, exact = metrics(qrels, runs)["ndcg@10"], metrics(qrels, exactruns)["ndcg@10"]
+    return {"ndcg10": round(found, 4), "exact_ndcg10": round(exact, 4), "ndcg10_ratio": round(found / exact, 4)}
 
 
 def exactsum(generator, query, ids):
@@ -582,6 +649,7 @@ def main():
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="scoring path: IVF lists probed per search")
     parser.add_argument("--efsearch", type=int, nargs="+", default=None, help="scoring path: HNSW search depths (default the index's)")
     parser.add_argument("--documents", type=int, default=1000000)
+    parser.add_argument("--dataset", default=None, help="scoring path: a cached token set (e.g. wordnet-200k) instead of synthetic documents")
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--every", type=int, default=10, help="progress line every this many batches")
     parser.add_argument("--queries", type=int, default=16, help="recall queries (exact MaxSim computed while indexing)")
@@ -599,7 +667,7 @@ def main():
     args = parser.parse_args()
 
     SAMPLER.start()
-    name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.documents}" + (f"-{args.ann}" if args.ann else "")
+    name = f"scale-{args.documents}" if args.path == "core" else f"scale-scoring-{args.dataset or args.documents}" + (f"-{args.ann}" if args.ann else "")
     folder = args.folder or os.path.join(OUTPUT, name)
     output = os.path.join(OUTPUT, f"{name}.jsonl")
 
