@@ -150,6 +150,7 @@ def expected():
         "ann.threshold": f"{ann.THRESHOLD:,}",
         "ann.hnsw": "{" + ", ".join(f"{x}: {y}" for x, y in ann.HNSW.items()) + "}",
         "ann.ivf": f"nprobe: {ann.IVF['nprobe']}",
+        "ann.fastscan": "factor: {factor}, threshold: {threshold}, sample: {sample}".format(**{x: f"{y}" for x, y in ann.FASTSCAN.items()}),
     }
     values.update({f"muvera.{x}": str(muvera[x]) for x in ("repetitions", "hashes", "projection", "seed")})
     return values
