@@ -171,14 +171,15 @@ def test_pq_twin():
         ("adaptive", {"bits": 4}, False),
     ],
 )
-def test_similarities_twin(name, options, even):
+def test_similarities_twin(name, options, even, monkeypatch):
     """
     Codes score against a query like their decoded rows: evenly spaced residual values (uniform buckets, or two values) by the
     centroid product plus the bucket indexes times step * q, without decoding; others by decoding a block at a time. Checked
     against a plain loop over rows and dimensions, on an odd dimension (padding slots in the last byte) and more rows than a
-    block.
+    block (packed codes are scored in blocks of codecs.ROWS rows, made smaller here so that the loop stays short).
     """
 
+    monkeypatch.setattr(codecs, "ROWS", 512)
     dim = 13
     codec = trained(name, dim=dim, **options)
     assert (getattr(codec, "steps", None) is not None) == even
