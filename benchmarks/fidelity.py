@@ -15,6 +15,11 @@ For each dataset (token matrices cached by `benchmarks/footprint.py --encode`):
     python benchmarks/fidelity.py                                   # scifact, msmarco-dl19-5k, dbpedia-5k
     python benchmarks/fidelity.py --datasets wordnet-200k --queries 300
     python benchmarks/fidelity.py --report                          # the table again, chosen rungs marked for the target
+    python benchmarks/fidelity.py --dims 128 --rungs ladder --output benchmarks/output/fidelity-128.jsonl
+
+--dims 128 gives seed-shaped figures: the stand-in's 384-dim token vectors (documents and queries alike) projected onto 128
+orthonormal random directions (seeded) and L2-normalised again, the seed model's token width on real text; exact MaxSim is
+recomputed on the projected tokens.
 
 Appends one JSON line per (dataset, rung) to benchmarks/output/fidelity.jsonl and prints a markdown table.
 """
@@ -119,7 +124,20 @@ def rerank(tokenstore, queries, lists):
     return rankings
 
 
-def run(name, data, limit, target, depth, output):
+def project(matrices, dims, seed=0):
+    """
+    Token matrices projected onto dims orthonormal random directions (the same for every call with the same seed and width) and
+    L2-normalised again.
+    """
+
+    width = matrices[0].shape[1]
+    basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((width, dims)))
+    basis = basis.astype(np.float32)
+    projected = [x @ basis for x in matrices]
+    return [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in projected]
+
+
+def run(name, data, limit, target, depth, output, dims=None, rungs="all"):
     """
     Estimates and measures every rung on one dataset; appends JSON lines to output and returns them.
     """
@@ -135,13 +153,17 @@ def run(name, data, limit, target, depth, output):
     tokens.qrels = {uid: tokens.qrels[uid] for uid in tokens.queryids}
     documents = tokens.documents()
     metrics = Metrics(["ndcg@10"])
+    suffix = ""
+    if dims:
+        documents, queries, suffix = project(documents, dims), project(queries, dims), f"-d{dims}"
+        tokens = Projected(tokens, documents)
 
     def perquery(rankings):
         run = {uid: [tokens.docids[x] for x in ranking[:10]] for uid, ranking in zip(tokens.queryids, rankings)}
         return np.asarray(metrics(tokens.qrels, run, mean=False)["ndcg@10"], dtype=np.float64)
 
     os.makedirs(os.path.join(OUTPUT, "footprint"), exist_ok=True)
-    reference = footprint.exact(tokens, queries, os.path.join(OUTPUT, "footprint", f"{name}-{len(queries)}-exact.json"))
+    reference = footprint.exact(tokens, queries, os.path.join(OUTPUT, "footprint", f"{name}-{len(queries)}{suffix}-exact.json"))
     exact = perquery(reference)
     fde = candidates(tokens, documents, queries, depth)
     sys.stdout.write(f"{name}: {len(documents):,} documents, {len(queries)} queries, exact nDCG@10 {exact.mean():.4f}\n")
@@ -155,7 +177,7 @@ def run(name, data, limit, target, depth, output):
     sys.stdout.write(f"  chosen for {target}: {fidelity.name(chosen)} in {choose:.1f} s (encoding took {encode} s)\n")
 
     lines, clusters = [], {}
-    for rung in fidelity.order(list(fidelity.LADDER) + list(EXTRA), documents[0].shape[1]):
+    for rung in fidelity.order(list(fidelity.LADDER) + (list(EXTRA) if rungs == "all" else []), documents[0].shape[1]):
         estimate = next((x for r, x in tried if r == rung), None) or fidelity.measure(sample, rung, clusters)
         tokenstore = store(documents, rung)
         alone = perquery(rerank(tokenstore, queries, [np.asarray(x[:100]) for x in reference]))
@@ -163,6 +185,7 @@ def run(name, data, limit, target, depth, output):
         pipeline = perquery(rankings)
         line = {
             "dataset": name,
+            "dims": documents[0].shape[1],
             "documents": len(documents),
             "queries": len(queries),
             "settings": fidelity.name(rung),
@@ -187,6 +210,16 @@ def run(name, data, limit, target, depth, output):
         sys.stdout.flush()
 
     return lines
+
+
+class Projected:
+    """
+    A token cache whose documents were projected: the ids, qrels and offsets of the cache, the projected rows as its tokens.
+    """
+
+    def __init__(self, tokens, documents):
+        self.name, self.docids, self.queryids, self.qrels = tokens.name, tokens.docids, tokens.queryids, tokens.qrels
+        self.offsets, self.tokens = tokens.offsets, np.concatenate(documents)
 
 
 def report(path, target):
@@ -243,6 +276,8 @@ def main():
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--output", default=os.path.join(OUTPUT, "fidelity.jsonl"))
     parser.add_argument("--report", action="store_true", help="only print the table of the output file, chosen rungs marked for the target")
+    parser.add_argument("--dims", type=int, default=None, help="project the token vectors to this many dims first (seed-shaped: 128)")
+    parser.add_argument("--rungs", choices=["all", "ladder"], default="all", help="the ladder and extra settings, or the ladder only")
     args = parser.parse_args()
 
     # pylint: disable=C0415
@@ -258,7 +293,7 @@ def main():
 
     lines = []
     for name in args.datasets.split(","):
-        lines.extend(run(name, args.data, args.queries, target, args.candidates, args.output))
+        lines.extend(run(name, args.data, args.queries, target, args.candidates, args.output, args.dims, args.rungs))
 
     print(table(lines))
 

@@ -211,11 +211,11 @@ def test_info_compact(checkpoint, corpus, tmp_path, capsys, monkeypatch):
         info = json.loads(capsys.readouterr().out)
         assert info["preset"] == "compact" and info["pool"] == 2 and info["candidates"] == 1000
         assert info["codec"]["name"] == "adaptive" and info["codec"]["bits"] == 2.5 and info["codec"]["centroids"] >= 1
-        assert info["fde index"] == {"type": "flat", "quantize": "sq8"} and info["fde dims"] == 2048
+        assert info["fde index"] == {"type": "fastscan", "quantize": "sq8", "first stage": False} and info["fde dims"] == 2048
 
         assert main(["info", str(tmp_path / name)]) == 0
         text = described(capsys.readouterr().out)
-        assert text["codec"] == f"adaptive, 2.5 bits, {info['codec']['centroids']} centroids" and text["fde index"] == "flat + sq8"
+        assert text["codec"] == f"adaptive, 2.5 bits, {info['codec']['centroids']} centroids" and text["fde index"] == "fastscan + sq8"
         assert text["fde dims"] == "2,048 (20 x 2^5 x 16 = 10,240, count-sketched)" and text["pool"] == "2"
 
         # The index records its build, whether the command line or txtai's Embeddings built it

@@ -8,6 +8,7 @@ import pytest
 from txtai import Embeddings
 
 from txtai_muvera import ColBERT, Muvera, maxsim
+from txtai_muvera.tools.commands.info import storage
 
 from checkpoints import build_pylate_checkpoint
 
@@ -85,4 +86,5 @@ def test_lifecycle(checkpoint, preset, scanned, tmp_path):
     assert (loaded.scoring.storage.fdes.scan is not None) == scanned
     if scanned:
         assert loaded.scoring.storage.fdes.scan.ntotal == 120
+    assert storage(str(tmp_path / "index"))["fde index"] == {"type": "fastscan", "quantize": "sq8", "first stage": scanned}
     assert loaded.search("select text from txtai where id = '5'")[0]["text"] == "weather sports weather sports"

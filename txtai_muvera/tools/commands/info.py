@@ -83,7 +83,7 @@ def text(info):
         "query length": info["query length"],
         "document length": info["document length"],
         "fde dims": dims(info),
-        "fde index": " + ".join(str(fde[key]) for key in ("type", "quantize") if fde.get(key)),
+        "fde index": " + ".join([*(str(fde[key]) for key in ("type", "quantize") if fde.get(key)), *(["4-bit first stage"] if fde.get("first stage") else [])]),
         "candidates": f"{info['candidates']:,}" + ("" if info["rerank"] else " (MUVERA-only search by default)"),
         "fidelity": fidelity(info),
         "dense model": info["dense model"] or "none",
@@ -245,7 +245,13 @@ def storage(path):
         }
 
     tokens = readjson(os.path.join(scoring, "tokens", "header.json"))
-    fdes = readjson(os.path.join(scoring, "fdes", "header.json")).get("config", {})
+    header = readjson(os.path.join(scoring, "fdes", "header.json"))
+    fdes = header.get("config", {})
+
+    # A fastscan index says whether it has its first stage yet (it starts at a number of documents)
+    fde = {"type": fdes.get("type"), "quantize": fdes.get("quantize")}
+    if fdes.get("type") == "fastscan":
+        fde["first stage"] = "scan.faiss" in (header.get("checksums") or {})
 
     # Indexes saved by 0.1.0 name only a dtype: float16 or float32 rows
     codec = {key: value for key, value in (tokens.get("codec") or {"name": tokens.get("dtype")}).items() if key in ("name", "bits", "centroids", "m")}
@@ -254,7 +260,7 @@ def storage(path):
         "codec": codec,
         "dtype": tokens.get("dtype") or codec["name"],
         "dim": tokens.get("dim"),
-        "fde index": {"type": fdes.get("type"), "quantize": fdes.get("quantize")},
+        "fde index": fde,
     }
 
 
