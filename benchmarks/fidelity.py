@@ -17,8 +17,8 @@ For each dataset (token matrices cached by `benchmarks/footprint.py --encode`):
     python benchmarks/fidelity.py --report                          # the table again, chosen rungs marked for the target
     python benchmarks/fidelity.py --dims 128 --rungs ladder --output benchmarks/output/fidelity-128.jsonl
 
---dims 128 gives seed-shaped figures: the stand-in's 384-dim token vectors (documents and queries alike) projected onto 128
-orthonormal random directions (seeded) and L2-normalised again, the seed model's token width on real text; exact MaxSim is
+--dims 128 gives figures at a ColBERT checkpoint's token width: the stand-in's 384-dim token vectors (documents and queries alike) projected onto 128
+orthonormal random directions (seeded) and L2-normalised again, 128 dims of real text; exact MaxSim is
 recomputed on the projected tokens.
 
 Appends one JSON line per (dataset, rung) to benchmarks/output/fidelity.jsonl and prints a markdown table.
@@ -276,7 +276,7 @@ def main():
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--output", default=os.path.join(OUTPUT, "fidelity.jsonl"))
     parser.add_argument("--report", action="store_true", help="only print the table of the output file, chosen rungs marked for the target")
-    parser.add_argument("--dims", type=int, default=None, help="project the token vectors to this many dims first (seed-shaped: 128)")
+    parser.add_argument("--dims", type=int, default=None, help="project the token vectors to this many dims first (128: a ColBERT checkpoint's width)")
     parser.add_argument("--rungs", choices=["all", "ladder"], default="all", help="the ladder and extra settings, or the ladder only")
     args = parser.parse_args()
 
