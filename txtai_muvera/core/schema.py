@@ -144,7 +144,9 @@ def check(config):
             if options.get(name) is not None:
                 options[name] = integer(f"ann.{group}.{name}", options[name], lows.get((group, name), 1))
     if ann.get("index") == "fastscan" and ann.get("quantize") not in (None, "sq8"):
-        raise ValueError(f"index fastscan re-scores float or sq8 vectors: quantize must be None or sq8, got {ann['quantize']!r}")
+        raise ValueError(
+            f"index fastscan re-scores float or sq8 vectors: quantize must be None or sq8, got {ann['quantize']!r} (set ann.index to flat, hnsw or auto for {ann['quantize']} FDEs)"
+        )
     if ann.get("ivf", {}) and ann["ivf"].get("nlist") is not None:
         ann["ivf"]["nlist"] = integer("ann.ivf.nlist", ann["ivf"]["nlist"], 1)
 
