@@ -348,7 +348,7 @@ class FDEIndex:
                 config["trained"] = self.trained
         if self.quantize == "binary":
             config["binary"] = dict(self.binary)
-        if self.kind == "fastscan" or self.type == "fastscan":
+        if self.type == "fastscan":
             config["fastscan"] = dict(self.fastscan)
 
         return config
@@ -496,7 +496,7 @@ class FDEIndex:
 
         scan = None
         if kind == "fastscan" and len(ids) >= int(self.fastscan["threshold"]):
-            scan = self.scanner(len(ids), lambda a, b: (ids[a:b], vectors[a:b]))
+            scan = self.scanner(len(ids), lambda positions: (ids[positions], vectors[positions]))
 
         self.backend, self.deleted, self.lookup, self.known, self.scan = backend, np.zeros(0, dtype=np.int64), None, None, scan
 
@@ -675,7 +675,7 @@ class FDEIndex:
 
         Args:
             count: number of vectors
-            rows: function (start, end) -> (int64 ids, float32 vectors) of vectors start..end-1
+            rows: function (positions) -> (int64 ids, float32 vectors) of the vectors at those storage positions
 
         Returns:
             faiss IndexIDMap2 over an IndexPQFastScan
@@ -685,24 +685,26 @@ class FDEIndex:
         quiet(scan)
         size = min(count, int(self.fastscan["sample"]))
         sample = np.sort(np.random.default_rng(0).choice(count, size, replace=False))
-        blocks = [(a, min(a + 65536, count)) for a in range(0, count, 65536)]
-        scan.train(np.concatenate([rows(a, b)[1][sample[(sample >= a) & (sample < b)] - a] for a, b in blocks]))
-        for a, b in blocks:
-            ids, vectors = rows(a, b)
+        scan.train(np.ascontiguousarray(rows(sample)[1], dtype=np.float32))
+        for start in range(0, count, 65536):
+            ids, vectors = rows(np.arange(start, min(start + 65536, count)))
             scan.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
         return scan
 
-    def rows(self, start, end):
+    def rows(self, positions):
         """
-        Ids and vectors (decoded from the stored codes) of storage rows start..end-1 of a flat backend.
+        Ids and vectors (decoded from the stored codes) at storage positions of a flat backend.
+
+        Args:
+            positions: int64 storage positions
 
         Returns:
             (int64 ids, float32 vectors)
         """
 
-        ids = faiss.rev_swig_ptr(self.backend.id_map.data(), self.backend.id_map.size())[start:end].astype(np.int64)
-        return ids, faiss.downcast_index(self.backend.index).reconstruct_n(start, end - start)
+        ids = faiss.rev_swig_ptr(self.backend.id_map.data(), self.backend.id_map.size())[positions].astype(np.int64)
+        return ids, faiss.downcast_index(self.backend.index).reconstruct_batch(positions)
 
     def contains(self, ids):
         """
@@ -910,7 +912,7 @@ def fastscanned(dimensions, options):
         dict of resolved integer options
     """
 
-    m = options.get("m") or next(x for x in range(max(1, dimensions // 4), 0, -1) if dimensions % x == 0)
+    m = options.get("m") or pqsize(dimensions, 4)
     resolved = {"m": m, "factor": options.get("factor"), "threshold": options.get("threshold"), "sample": options.get("sample")}
     for name, low in (("m", 1), ("factor", 1), ("threshold", 0), ("sample", 1)):
         value = resolved[name]
@@ -923,15 +925,17 @@ def fastscanned(dimensions, options):
     return resolved
 
 
-def pqsize(dimensions):
+def pqsize(dimensions, width=16):
     """
-    Default number of PQ sub-quantizers: the largest divisor of dimensions that is <= dimensions / 16.
+    Default number of PQ sub-quantizers: the largest divisor of dimensions that is <= dimensions / width (16 for stored PQ
+    codes, 4 for the fast-scan first stage).
 
     Args:
         dimensions: vector dimensions
+        width: fewest dimensions per sub-quantizer
 
     Returns:
         int
     """
 
-    return next(m for m in range(max(1, dimensions // 16), 0, -1) if dimensions % m == 0)
+    return next(m for m in range(max(1, dimensions // width), 0, -1) if dimensions % m == 0)

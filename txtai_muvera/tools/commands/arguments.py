@@ -64,7 +64,8 @@ def index(parser, chosen=None, fixed=None, skip=(), hidden=False, prefix=""):
     add(muvera, "seed", type=int, help=f"random seed {default('seed')}")
 
     store = parser.add_argument_group("storage and search")
-    threshold, fastscan = defaults.preset(chosen)["threshold"], defaults.preset(chosen)["fastscan"]
+    values = defaults.preset(chosen)
+    threshold, fastscan = values["threshold"], values["fastscan"]
     add(store, "tokens", choices=defaults.codecs(), help=f"token codec {default('tokens')}")
     add(store, "pool", type=positive, help=f"pool stored document tokens by this factor {default('pool')}")
     add(
