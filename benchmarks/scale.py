@@ -569,6 +569,49 @@ def searchscoring(args, output, folder):
                        **{f"warm_{k}": v for k, v in latency(warm).items()}, **judged(generator, runs, exactruns)})
 
 
+def upsertscoring(args, output, folder):
+    """
+    Upsert phase of the scoring path, in a fresh process: the saved index loaded, then for each --upserts size N, N new
+    synthetic documents inserted and N / 10 stored ones deleted in one write, committed with upsert(). The commit's time
+    against N and against the index size shows what a commit costs: the write, or the index. Nothing is saved.
+    """
+
+    # pylint: disable=C0415
+    import faiss
+    import torch
+
+    from txtai_muvera.glue.scoring import MuveraScoring
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+
+    generator = Generator()
+    scoring = MuveraScoring(config)
+    synthetic = Synthetic(generator, [])
+    scoring.encoder.encode = synthetic.encode
+    scoring.load(os.path.join(folder, "scoring"))
+
+    start = scoring.count()
+    for size in args.upserts:
+        synthetic.seconds, count = 0.0, scoring.count()
+        clock = time.perf_counter()
+        scoring.delete(list(range(start - size // 10, start)))
+        for a in range(start, start + size, args.batch):
+            b = min(a + args.batch, start + size)
+            scoring.insert([(x, str(x), None) for x in range(a, b)], a)
+        inserted = time.perf_counter() - clock - synthetic.seconds
+
+        clock = time.perf_counter()
+        scoring.upsert()
+        commit = time.perf_counter() - clock
+        write(output, {"phase": "upsert", "index_documents": count, "upserted": size, "deleted": size // 10, "insert_s": round(inserted, 2),
+                       "commit_s": round(commit, 3), "commit_ms_per_doc": round(1000 * commit / size, 4), "documents_after": scoring.count()})
+        start += size
+
+
 def judged(source, runs, exactruns):
     """
     nDCG@10 of the results and of exact MaxSim on a cached set's judged queries (ranx, through the package's Metrics), with
@@ -677,7 +720,8 @@ def main():
     parser.add_argument("--rescore", type=int, nargs="+", default=[4, 16], help="binary codes: Hamming candidates re-scored per result")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folder", default=None, help="index folder (default benchmarks/output/scale-<documents>)")
-    parser.add_argument("--phase", choices=["all", "index", "search", "encoder"], default="all")
+    parser.add_argument("--upserts", type=int, nargs="+", default=[1000, 10000], help="scoring path: upsert sizes timed on the saved index (synthetic only)")
+    parser.add_argument("--phase", choices=["all", "index", "search", "upsert", "encoder"], default="all")
     args = parser.parse_args()
 
     SAMPLER.start()
@@ -689,13 +733,15 @@ def main():
         (buildscoring if args.path == "scoring" else build)(args, output, folder)
     elif args.phase == "search":
         (searchscoring if args.path == "scoring" else search)(args, output, folder)
+    elif args.phase == "upsert":
+        upsertscoring(args, output, folder)
     elif args.phase == "encoder":
         encoded(args, output)
     else:
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
         write(output, {"phase": "start", "args": vars(args), "disk_free_gb": round(shutil.disk_usage(folder).free / 2**30, 1)})
-        phases = ("index", "search") + (("encoder",) if args.path == "scoring" and args.encoded else ())
+        phases = ("index", "search") + (("upsert",) if args.path == "scoring" and not args.dataset and args.upserts else ()) + (("encoder",) if args.path == "scoring" and args.encoded else ())
         for phase in phases:
             subprocess.run([sys.executable, __file__, *sys.argv[1:], "--phase", phase, "--folder", folder], check=True)
 

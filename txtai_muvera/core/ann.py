@@ -48,6 +48,9 @@ FASTSCAN = {"m": None, "factor": 4, "threshold": 50000, "sample": 65536}
 # +-1 codes (asymmetric inner product), best first
 BINARY = {"rescore": 4}
 
+# Vectors converted to float32 and handed to faiss at a time: a float16 input (a write's spooled FDEs) is never converted whole
+BLOCK = 16384
+
 
 class FDEIndex:
     """
@@ -179,10 +182,11 @@ class FDEIndex:
         # The id cache is dropped while the backend changes (an error leaves it to be rebuilt from the backend), then the new ids
         # are merged into it: a copy of the sorted ids, no sort
         known, self.known, self.lookup = self.known, None, None
-        self.backend.add_with_ids(self.encode(vectors), ids)
-        if self.scan is not None:
-            self.scan.add_with_ids(vectors, ids)
-        elif self.kind == "fastscan" and self.count() >= int(self.fastscan["threshold"]):
+        for start, block in blocks(vectors):
+            self.backend.add_with_ids(self.encode(block), ids[start : start + len(block)])
+            if self.scan is not None:
+                self.scan.add_with_ids(block, ids[start : start + len(block)])
+        if self.scan is None and self.kind == "fastscan" and self.count() >= int(self.fastscan["threshold"]):
             self.scan = self.scanner(self.count(), self.rows)
         ids = np.sort(ids)
         self.known = np.insert(known, np.searchsorted(known, ids), ids)
@@ -486,19 +490,42 @@ class FDEIndex:
 
         if not backend.is_trained:
             quiet(backend)
-            sample = self.pq.get("sample") if self.quantize == "pq" and self.trained else None
-            if sample and len(vectors) > int(sample):
-                rows = np.sort(np.random.default_rng(0).choice(len(vectors), int(sample), replace=False))
-                backend.train(np.ascontiguousarray(vectors[rows]))
-            else:
-                backend.train(vectors)
-        backend.add_with_ids(self.encode(vectors), ids)
+            backend.train(self.training(kind, vectors))
+        for start, block in blocks(vectors):
+            backend.add_with_ids(self.encode(block), ids[start : start + len(block)])
 
         scan = None
         if kind == "fastscan" and len(ids) >= int(self.fastscan["threshold"]):
-            scan = self.scanner(len(ids), lambda positions: (ids[positions], vectors[positions]))
+            scan = self.scanner(len(ids), lambda positions: (ids[positions], taken(vectors, positions)))
 
         self.backend, self.deleted, self.lookup, self.known, self.scan = backend, np.zeros(0, dtype=np.int64), None, None, scan
+
+    def training(self, kind, vectors):
+        """
+        The vectors a new backend trains on, float32. A flat or HNSW sq8 quantizer learns each dimension's minimum and maximum
+        (faiss's default range statistic), so two rows holding them, computed a block at a time, train it exactly as every
+        vector would without a float32 copy of them all. PQ trains on at most `pq.sample` vectors; other trainers on all.
+
+        Args:
+            kind: resolved index type
+            vectors: (n, dimensions) vectors, float32 or float16
+
+        Returns:
+            float32 (rows, dimensions)
+        """
+
+        if self.quantize == "sq8" and kind != "ivf":
+            low, high = np.full(self.dimensions, np.inf, np.float32), np.full(self.dimensions, -np.inf, np.float32)
+            for _, block in blocks(vectors):
+                low, high = np.minimum(low, block.min(axis=0)), np.maximum(high, block.max(axis=0))
+            return np.stack([low, high]) if len(vectors) else np.zeros((0, self.dimensions), np.float32)
+
+        sample = self.pq.get("sample") if self.quantize == "pq" and self.trained else None
+        if sample and len(vectors) > int(sample):
+            rows = np.sort(np.random.default_rng(0).choice(len(vectors), int(sample), replace=False))
+            return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def create(self, count):
         """
@@ -774,7 +801,8 @@ class FDEIndex:
         """
 
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
-        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        # float16 vectors (a write's spooled FDEs) stay as they are: they are converted a block at a time where used
+        vectors = vectors if isinstance(vectors, np.ndarray) and vectors.dtype == np.float16 else np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
         if vectors.ndim != 2 or vectors.shape[1] != self.dimensions or len(vectors) != len(ids):
             raise ValueError(f"Expected {len(ids)} vectors of {self.dimensions} dimensions, got shape {vectors.shape}")
         if len(np.unique(ids)) != len(ids):
@@ -782,6 +810,40 @@ class FDEIndex:
         finite(vectors, "Vector", ids)
 
         return ids, vectors
+
+
+def blocks(vectors):
+    """
+    Splits vectors into float32 blocks of at most BLOCK rows.
+
+    Args:
+        vectors: (n, dimensions) array, float32 or float16
+
+    Returns:
+        iterator of (first row, contiguous float32 block)
+    """
+
+    for start in range(0, len(vectors), BLOCK):
+        block = np.array(vectors[start : start + BLOCK], dtype=np.float32)
+        files.evict(vectors)
+        yield start, block
+
+
+def taken(vectors, rows):
+    """
+    Rows of vectors as a float32 copy, dropping the pages read when vectors are memory-mapped.
+
+    Args:
+        vectors: (n, dimensions) array
+        rows: int64 rows
+
+    Returns:
+        float32 (len(rows), dimensions)
+    """
+
+    block = np.array(vectors[rows], dtype=np.float32)
+    files.evict(vectors)
+    return block
 
 
 def unwrap(backend, file):
@@ -841,6 +903,7 @@ def finite(vectors, what, ids=None):
     rows, block = [], 65536
     for start in range(0, len(vectors), block):
         rows.extend(start + np.flatnonzero(~np.isfinite(vectors[start : start + block]).all(axis=1)))
+        files.evict(vectors)
     if rows:
         rows = np.array(rows, dtype=np.int64)
         names = (ids[rows] if ids is not None else rows)[:10].tolist()

@@ -7,6 +7,7 @@ import datetime
 import errno
 import json
 import logging
+import mmap
 import os
 import socket
 import zlib
@@ -703,3 +704,20 @@ def digest(path, chunk=1 << 22):
             value = zlib.crc32(block, value)
 
     return value & 0xFFFFFFFF
+
+
+def evict(array):
+    """
+    Drops the pages of a memory-mapped array (np.memmap or a view of one) from this process's resident memory. A pass that
+    streams through a large mapped file (a write's spool, a spilled token store) would otherwise keep every page it read or
+    wrote mapped until the map is closed; the pages stay in the page cache, so reading them again costs a minor fault.
+
+    Args:
+        array: any array; arrays that are not memory-mapped, or mapped copy-on-write (whose changes live only in those pages),
+               are left alone
+    """
+
+    handle = getattr(array, "_mmap", None)
+    shared = getattr(array, "mode", None) in ("r", "readonly", "r+", "readwrite", "w+", "write")
+    if handle is not None and shared and hasattr(mmap, "MADV_DONTNEED") and not handle.closed:
+        handle.madvise(mmap.MADV_DONTNEED)

@@ -32,6 +32,21 @@ class FileStorage(Storage):
         super().__init__(config, dimensions, dim)
         self.fdes, self.store = None, None
 
+    @classmethod
+    def staging(cls, config, dim, current=None):
+        # Tokens: the committed store's codec when it is trained for good (an upsert copies its codes as they are), a new one from
+        # the config before the first commit; a codec still to be retrained (a tiny first write) waits for floats. FDEs: float16
+        # when the FDE index quantizes them (its codes keep far less than float16's precision), float32 for exact float FDEs
+        if current is not None and current.store is not None:
+            codec = current.store.codec
+            codec = codec if codec.trained and codec.trusted else None
+        else:
+            name, options = cls.codec(config)
+            codec = codecmodule.create(name, dim, **options)
+
+        codec = None if codec is None or codec.name in ("float16", "float32") else codec
+        return codec, "float16" if (config.get("ann") or {}).get("quantize") else "float32"
+
     def apply(self, deletes, batches):
         if self.fdes is None:
             self.build(batches)
@@ -48,8 +63,11 @@ class FileStorage(Storage):
         tokens, fdes = self.store.snapshot(), self.fdes.snapshot()
         try:
             store = self.prepare(staged, deletes)
-            for ids, _, matrices in staged:
-                store.add(ids, matrices)
+            if staged.store.codec is store.codec:
+                store.extend(staged.store)
+            else:
+                for ids, _, matrices in staged:
+                    store.add(ids, matrices)
             store.delete(deletes)
 
             hnsw = self.fdes.kind == "hnsw"
@@ -75,13 +93,14 @@ class FileStorage(Storage):
         """
 
         staged = batches if isinstance(batches, Staged) else self.stage(batches)
-        codec, options = self.codec()
+        codec, options = self.codec(self.config)
 
-        if codec == staged.store.dtype and not options:
-            # The stage already holds the tokens in the stored form: adopt its (spilled) store instead of copying it
+        if (codec == staged.store.dtype and not options) or (staged.encoded and staged.codec.name == codec and staged.codec.trusted):
+            # The stage already holds the tokens in the stored form (floats, or codes of this codec encoded as they arrived): adopt
+            # its spilled store instead of copying it
             store = staged.store
         else:
-            store = TokenStore(self.dim, codec, **options)
+            store = TokenStore(self.dim, codec, spill=staged.store.spill, **options)
             if not store.trained and staged.store.tokens:
                 store.train(staged.sample(SAMPLE))
             for ids, _, matrices in staged:
@@ -128,7 +147,7 @@ class FileStorage(Storage):
         sample = np.concatenate([self.store.sample(share, seed=0, ids=kept), staged.sample(min(SAMPLE, total) - share)])
 
         # A fresh codec from the configured options: a trained one has resolved them for its sample (e.g. residual centroids)
-        name, options = self.codec()
+        name, options = self.codec(self.config)
         codec = codecmodule.create(current.name, self.dim, **(options if name == current.name else {}))
         codec.train(sample)
         return TokenStore.transcode(self.store, codec)
@@ -150,16 +169,20 @@ class FileStorage(Storage):
 
         return staged
 
-    def codec(self):
+    @staticmethod
+    def codec(config):
         """
-        Token codec name and options from the config.
+        Token codec name and options from a scoring config.
+
+        Args:
+            config: scoring config
 
         Returns:
             (name, options dict)
         """
 
-        name = self.config.get("tokens", "float16")
-        options = self.config.get(name) if isinstance(self.config.get(name), dict) else {}
+        name = config.get("tokens", "float16")
+        options = config.get(name) if isinstance(config.get(name), dict) else {}
         return name, dict(options)
 
     def search(self, queries, limit, options):

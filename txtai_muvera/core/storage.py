@@ -44,6 +44,24 @@ class Storage:
 
         raise NotImplementedError
 
+    @classmethod
+    def staging(cls, config, dim, current=None):
+        """
+        How a write's documents wait for their commit when this engine will store them: the token codec to encode them with as
+        they arrive (core/staged.py), so that a large write is never held as floats, and the precision of its spooled FDEs.
+        Engines that re-encode tokens themselves stage floats.
+
+        Args:
+            config: scoring config
+            dim: token dimension
+            current: the committed engine the write may go to, None before the first commit
+
+        Returns:
+            (codecs.Codec or None, FDE spool dtype name)
+        """
+
+        return None, "float32"
+
     def search(self, queries, limit, options):
         """
         Finds FDE candidates.
@@ -116,6 +134,24 @@ class Storage:
         """
 
 
+def engine(name):
+    """
+    The storage engine class of a config name.
+
+    Args:
+        name: engine name, a key of ENGINES
+
+    Returns:
+        Storage subclass
+    """
+
+    if name not in ENGINES:
+        raise ValueError(f"Unknown backend {name!r}, accepted: {', '.join(ENGINES)}")
+
+    module, cls = ENGINES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
 def create(name, config, dimensions, dim):
     """
     Creates a storage engine by config name.
@@ -130,8 +166,4 @@ def create(name, config, dimensions, dim):
         Storage
     """
 
-    if name not in ENGINES:
-        raise ValueError(f"Unknown backend {name!r}, accepted: {', '.join(ENGINES)}")
-
-    module, cls = ENGINES[name].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)(config, dimensions, dim)
+    return engine(name)(config, dimensions, dim)

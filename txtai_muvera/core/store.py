@@ -166,12 +166,50 @@ class TokenStore:
             owners = ids[np.searchsorted(np.cumsum(lengths), np.flatnonzero(~np.isfinite(tokens).all(axis=1)), side="right")]
             raise ValueError(f"Token matrices of ids {np.unique(owners)[:10].tolist()} exceed the float16 range (+-65504): use codec float32")
 
+        self.append(ids, lengths, codes)
+
+    def extend(self, source):
+        """
+        Adds every live document of another store that shares this store's codec (the same trained instance), copying its codes
+        a chunk of documents at a time: nothing is decoded or encoded again. A write whose tokens were encoded as they arrived
+        (core/staged.py) commits this way.
+
+        Args:
+            source: TokenStore with the same codec object, holding ids not live in this store
+        """
+
+        if source.codec is not self.codec:
+            raise ValueError(f"Cannot copy codes of a {source.codec.name!r} store into a {self.codec.name!r} store with another trained state")
+
+        ids = source.docids
+        live = ids[self.positions(ids) >= 0]
+        if len(live):
+            raise ValueError(f"Ids already in the token store: {live[:10].tolist()}")
+
+        for start in range(0, len(ids), CHUNK):
+            positions = np.arange(start, min(start + CHUNK, len(ids)))
+            lengths = source.lengths[positions]
+            rows = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(source.starts[positions] - (np.cumsum(lengths) - lengths), lengths)
+            self.append(ids[positions], lengths, source.take(rows) if len(rows) else self.empty())
+            source.evict()
+
+    def append(self, ids, lengths, codes):
+        """
+        Appends encoded rows of new documents to the tail and records the documents.
+
+        Args:
+            ids: int64 ids, checked new
+            lengths: int64 token rows per id
+            codes: {part name: array (sum(lengths), *row shape)}
+        """
+
         # Append to tail, growing capacity geometrically so many small batches stay linear
+        count = int(lengths.sum())
         start = self.rows() + self.size
-        self.reserve(self.size + len(rows))
+        self.reserve(self.size + count)
         for name, array in codes.items():
-            self.tail[name][self.size : self.size + len(rows)] = array
-        self.size += len(rows)
+            self.write(name, self.size, array)
+        self.size += count
 
         # Bookkeeping, keep lookup incremental when ids keep increasing (txtai's case)
         increasing = self.lookup is None and (not len(ids) or not len(self.docids) or ids[0] > self.docids[-1]) and np.all(np.diff(ids) > 0)
@@ -315,6 +353,7 @@ class TokenStore:
             tokens, offsets, scale = source.gather(chunk)
             tokens = tokens.astype(np.float32) * scale[:, None] if scale is not None else tokens.astype(np.float32, copy=False)
             store.add(chunk, np.split(tokens, offsets[1:-1]))
+            source.evict()
 
         return store
 
@@ -439,6 +478,7 @@ class TokenStore:
                     # A chunk of documents without tokens writes nothing (a memoryview of no bytes cannot be cast)
                     for name, array in self.take(rows).items() if len(rows) else ():
                         handles[name].write(memoryview(np.ascontiguousarray(array, dtype=parts[name][0])).cast("B"))
+                    self.evict()
             finally:
                 for handle in handles.values():
                     handle.close()
@@ -640,6 +680,38 @@ class TokenStore:
                 tail[name][: self.size] = self.tail[name][: self.size]
 
         self.tail, self.spillfiles = tail, spillfiles
+
+    def evict(self):
+        """
+        Drops the pages of memory-mapped segments (a loaded store's base, a spilled tail) from this process's resident memory,
+        after a pass over many of them: saving, copying, transcoding. They stay in the page cache.
+        """
+
+        for array in (*self.base.values(), *self.tail.values()):
+            files.evict(array)
+
+    def write(self, name, row, array):
+        """
+        Writes rows of a part into the tail from tail row `row` on. A spilled tail is written with plain file writes: pages
+        written through the memory map would count in this process's resident memory until the kernel writes them back, a
+        whole indexing pass of them; written to the file they are page cache only. The map sees them (same pages).
+
+        Args:
+            name: part name
+            row: first tail row
+            array: rows
+        """
+
+        handle = self.spillfiles.get(name)
+        if handle is None:
+            self.tail[name][row : row + len(array)] = array
+            return
+
+        array = np.ascontiguousarray(array, dtype=self.tail[name].dtype)
+        offset, data = row * array[:1].nbytes if len(array) else 0, memoryview(array).cast("B")
+        while len(data):
+            written = os.pwrite(handle.fileno(), data, offset)
+            data, offset = data[written:], offset + written
 
     def positions(self, ids):
         """

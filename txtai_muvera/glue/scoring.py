@@ -114,7 +114,9 @@ class MuveraScoring(Scoring):
 
     def stage(self, ids, fdes, matrices, truncated):
         """
-        Pools a batch's token matrices with the index's pool factor and stages it.
+        Pools a batch's token matrices with the index's pool factor and stages it. The first batch of a write sets the stage
+        up as the storage engine asks (Storage.staging): tokens encoded with its codec as they arrive, FDEs spooled in float16
+        when the FDE index quantizes them.
 
         Args:
             ids: int64 index ids
@@ -127,6 +129,13 @@ class MuveraScoring(Scoring):
             from ..core.pooling import pool
 
             matrices = pool(matrices, self.config["pool"])
+
+        # The write's first batch: its token settings are final (calibrated), so the stage can encode as the engine stores
+        if not len(self.staged):
+            self.staged.close()
+            codec, spool = storage.engine(self.config["backend"]).staging(self.config, self.dim, self.storage)
+            self.staged = Staged(self.dim, "float32" if self.config["tokens"] == "float32" else "float16", codec=codec, fdes=spool)
+
         self.staged.add(ids, fdes, matrices, truncated)
 
     def flush(self):
