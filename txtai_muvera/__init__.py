@@ -10,7 +10,7 @@ from .core.lazy import exports
 
 from .glue.registry import isregistered, register, unregister
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # Public names and the module that defines each, imported on first use
 EXPORTS = {
