@@ -428,6 +428,41 @@ def test_rerank(url, table):
     np.testing.assert_array_equal(order, np.argsort(-full, kind="stable"))
 
 
+def test_binary(url, table):
+    """
+    Searches and gathers read token bytes in binary format, as stored, not as hex text of twice their size: on connections
+    whose text-format bytea loader fails, search, re-rank and gather (prefetched ids and fetched ones) still match the reference.
+    """
+
+    # pylint: disable=C0415
+    from psycopg.adapt import Loader
+    from sqlalchemy import event
+
+    rng = np.random.default_rng(11)
+    engine, reference = storage(url, table, index="flat"), Reference()
+    batch = documents(rng, range(30))
+    engine.apply([], [batch])
+    reference.apply([], [batch])
+
+    class Text(Loader):
+        """
+        Refuses bytea values sent as text.
+        """
+
+        def load(self, data):
+            raise AssertionError("token bytes were sent as text")
+
+    # Connections opened from here on refuse text-format bytea
+    engine.engine.dispose()
+    event.listen(engine.engine, "connect", lambda connection, _: connection.adapters.register_loader("bytea", Text))
+    check(engine, reference, rng)
+
+    # Ids the last search did not return are fetched
+    query, ids = rng.standard_normal((3, 8)).astype(np.float32), np.arange(30)
+    np.testing.assert_allclose(maxsim_flat(query, *engine.gather(ids)), reference.maxsim(query, ids), rtol=1e-5, atol=1e-5)
+    engine.close()
+
+
 def test_rollback(url, table):
     """
     A write that fails anywhere leaves the table exactly as it was.
