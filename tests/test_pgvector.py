@@ -463,6 +463,35 @@ def test_binary(url, table):
     engine.close()
 
 
+def test_hnsw(url, table):
+    """
+    A new table's HNSW graph is built with the engine's settings (m 32, ef_construction 128 unless set), and a search at an
+    ef_search far below the candidate count still returns every candidate, ordered by exact FDE score.
+    """
+
+    rng = np.random.default_rng(5)
+    engine, reference = storage(url, table, index="halfvec"), Reference()
+    batch = documents(rng, range(300))
+    engine.apply([], [batch])
+    reference.apply([], [batch])
+
+    with engine.connection() as conn:
+        options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (engine.qualified(f"{table}_fde"),)).fetchone()[0]
+        conn.rollback()
+    assert sorted(options) == ["ef_construction=128", "m=32"]
+    assert (engine.settings["m"], engine.settings["efconstruction"], engine.settings["efsearch"]) == (32, 128, 40)
+
+    query = rng.standard_normal(32).astype(np.float32)
+    scores, ids = engine.search(query[None], 200, SearchOptions(efsearch=10))
+    assert len(set(ids[0].tolist())) == 200 and (ids[0] >= 0).all()
+    assert (np.diff(scores[0]) <= 0).all()
+
+    # The scores are the exact (halfvec) inner products of the ids returned
+    exact = dict(zip(*reference.search(query, 300)))
+    np.testing.assert_allclose(scores[0], [exact[uid] for uid in ids[0].tolist()], rtol=1e-3, atol=1e-3)
+    engine.close()
+
+
 def test_rollback(url, table):
     """
     A write that fails anywhere leaves the table exactly as it was.

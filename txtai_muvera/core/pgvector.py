@@ -188,8 +188,11 @@ class PGVectorStorage(Storage):
         if self.sketch is not None and self.sketch > HNSWHALFVEC:
             raise ValueError(f"pgvector sketch must be <= {HNSWHALFVEC} (pgvector's HNSW limit for halfvec), got {self.sketch}")
         self.oversample = self.positive("oversample", self.setting("oversample", 4 if self.index == "sketch" else 1))
-        self.m = self.positive("m", self.setting("m", 16))
-        self.efconstruction = self.positive("efconstruction", self.setting("efconstruction", 64))
+        # A denser graph than pgvector's defaults (16, 64): over 100k 2,048-dim FDEs it kept 0.99 of the exact MaxSim top 10
+        # among 1,000 candidates instead of 0.91, for a 3.7x longer index build and the same index size (an element of over
+        # ~1,900 halfvec dims fills an 8 kB page with either neighbour list)
+        self.m = self.positive("m", self.setting("m", 32))
+        self.efconstruction = self.positive("efconstruction", self.setting("efconstruction", 128))
         self.efsearch = self.positive("efsearch", self.setting("efsearch", 40))
 
         # Resolved values go back into the config (the url stays where the user put it: config or environment)
@@ -501,7 +504,10 @@ class PGVectorStorage(Storage):
 
         # Candidates: binary codes over-fetch, then every query re-scores its candidates by the exact FDE inner product
         candidates = limit * self.oversample
-        efsearch = min(max(options.efsearch or self.efsearch, candidates), EFSEARCH)
+
+        # The iterative scan returns every candidate whatever ef_search: raising it to the candidate count cost time for no
+        # recall (100k 2,048-dim FDEs, 1,000 candidates: ef_search 1,000 took 112 ms per query, 40 took 83 ms, same recall)
+        efsearch = min(options.efsearch or self.efsearch, EFSEARCH)
         prefetch = options.rerank is not False and self.config.get("rerank", True) is not False
         statement = self.query(candidates, prefetch)
 
