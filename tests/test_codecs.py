@@ -99,7 +99,9 @@ def test_fixed():
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
 @pytest.mark.parametrize("buckets", ["quantile", "uniform"])
-def test_residual_twin(bits, buckets):
+def test_residual_twin(bits, buckets, monkeypatch):
+    # Residuals are bucketed in blocks of codecs.BUCKETS rows, made smaller here so that the 200 rows cross block boundaries
+    monkeypatch.setattr(codecs, "BUCKETS", 64)
     codec = trained("residual", bits=bits, buckets=buckets, centroids=32)
     rows = tokens(7, 200)
     codes = codec.encode(rows)

@@ -491,12 +491,14 @@ class FDEIndex:
         if not backend.is_trained:
             quiet(backend)
             backend.train(self.training(kind, vectors))
-        for start, block in blocks(vectors):
-            backend.add_with_ids(self.encode(block), ids[start : start + len(block)])
-
+        # The first stage is trained first, so that both stages take each block in one pass over the vectors
         scan = None
         if kind == "fastscan" and len(ids) >= int(self.fastscan["threshold"]):
-            scan = self.scanner(len(ids), lambda positions: (ids[positions], taken(vectors, positions)))
+            scan = self.scanner(len(ids), lambda positions: (ids[positions], taken(vectors, positions)), fill=False)
+        for start, block in blocks(vectors):
+            backend.add_with_ids(self.encode(block), ids[start : start + len(block)])
+            if scan is not None:
+                scan.add_with_ids(block, ids[start : start + len(block)])
 
         self.backend, self.deleted, self.lookup, self.known, self.scan = backend, np.zeros(0, dtype=np.int64), None, None, scan
 
@@ -695,7 +697,7 @@ class FDEIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def scanner(self, count, rows):
+    def scanner(self, count, rows, fill=True):
         """
         Builds the fast-scan first stage over every stored vector: 4-bit PQ codes trained on a seeded sample of at most
         fastscan.sample vectors, then filled in blocks so that no full float copy of a large index is ever made.
@@ -703,6 +705,7 @@ class FDEIndex:
         Args:
             count: number of vectors
             rows: function (positions) -> (int64 ids, float32 vectors) of the vectors at those storage positions
+            fill: add every vector; False returns the trained, empty stage (a build fills it with the blocks it adds)
 
         Returns:
             faiss IndexIDMap2 over an IndexPQFastScan
@@ -713,7 +716,7 @@ class FDEIndex:
         size = min(count, int(self.fastscan["sample"]))
         sample = np.sort(np.random.default_rng(0).choice(count, size, replace=False))
         scan.train(np.ascontiguousarray(rows(sample)[1], dtype=np.float32))
-        for start in range(0, count, 65536):
+        for start in range(0, count if fill else 0, 65536):
             ids, vectors = rows(np.arange(start, min(start + 65536, count)))
             scan.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 

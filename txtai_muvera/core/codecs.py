@@ -15,6 +15,10 @@ from .maxsim import BLOCK
 # for 16,384 rows on 22k x 96 / 70k x 64 / 88k x 40 bytes of codes; with spinning waits both took 4-11 ms
 ROWS = 16384
 
+# Token rows bucketed at a time when encoding residuals: the block's residuals and comparison masks stay in cache (1,024 and
+# 2,048 rows of 128 dims ran 2.5 x faster than one pass over 65,536 rows per cutoff, 4,096 rows 1.8 x)
+BUCKETS = 2048
+
 logger = logging.getLogger(__name__)
 
 # Fewest training rows for a residual state kept for good (Codec.enough, Codec.trusted): 39 x 16, where Residual's sizing rule
@@ -429,13 +433,19 @@ class Residual(Codec):
 
     def encode(self, rows):
         self.checktrained()
+        rows = np.asarray(rows, dtype=np.float32)
         codes = self.assign(rows)
-        residuals = rows - self.centroids[codes]
 
-        # Bucket index per value: count the cutoffs below it (2^bits - 1 comparisons over the whole block)
-        indexes = np.zeros(residuals.shape, dtype=np.uint8)
-        for cutoff in self.cutoffs:
-            indexes += residuals > cutoff
+        # Bucket index per value: count the cutoffs below it (2^bits - 1 comparisons). Residuals are formed and compared a cache
+        # sized block of rows at a time: 2.5 x faster than passing over the whole batch once per cutoff
+        indexes = np.zeros(rows.shape, dtype=np.uint8)
+        above = np.empty((min(len(rows), BUCKETS), rows.shape[1]), dtype=bool)
+        for start in range(0, len(rows), BUCKETS):
+            residuals = rows[start : start + BUCKETS] - self.centroids[codes[start : start + BUCKETS]]
+            block, mask = indexes[start : start + BUCKETS], above[: len(residuals)]
+            for cutoff in self.cutoffs:
+                np.greater(residuals, cutoff, out=mask)
+                block += mask
 
         return {"codes": codes.astype(self.parts()["codes"][0]), "residuals": self.pack(indexes)}
 
