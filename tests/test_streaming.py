@@ -282,6 +282,21 @@ def test_embeddings(tmp_path, monkeypatch):
         assert loaded.search(texts[x], 1)[0]["id"] == f"d{x}"
 
 
+def test_spilled_empty_documents():
+    # A spilled tail takes documents without tokens between documents with tokens, in either codec form
+    codec = residual()
+    codec.train(tokens(np.random.default_rng(6), 2000))
+    for store in (TokenStore(DIM, "float16", spill=True), TokenStore(DIM, codec, spill=True)):
+        rng = np.random.default_rng(2)
+        first, last = tokens(rng, 5), tokens(rng, 3)
+        store.add([0], [first])
+        store.add([1, 2], [np.zeros((0, DIM), np.float32), np.zeros((0, DIM), np.float32)])
+        store.add([3], [last])
+        assert store.counts([0, 1, 2, 3]).tolist() == [5, 0, 0, 3]
+        expected = last.astype(np.float16).astype(np.float32) if store.codec.name == "float16" else codec.decode(codec.encode(last))
+        assert np.array_equal(store.get(3), expected)
+
+
 @pytest.mark.parametrize("mode", ["r+", "c"])
 def test_evict(tmp_path, mode):
     # Dropping mapped pages loses nothing: shared maps read back from the page cache, copy-on-write maps are left alone

@@ -707,8 +707,12 @@ class TokenStore:
             self.tail[name][row : row + len(array)] = array
             return
 
+        # Documents without tokens write nothing (a memoryview of no bytes cannot be cast)
+        if not len(array):
+            return
+
         array = np.ascontiguousarray(array, dtype=self.tail[name].dtype)
-        offset, data = row * array[:1].nbytes if len(array) else 0, memoryview(array).cast("B")
+        offset, data = row * array[:1].nbytes, memoryview(array).cast("B")
         while len(data):
             written = os.pwrite(handle.fileno(), data, offset)
             data, offset = data[written:], offset + written
