@@ -8,12 +8,9 @@ import numpy as np
 
 from . import codecs as codecmodule
 from .ann import FDEIndex
-from .staged import Staged
+from .staged import SAMPLE, Staged
 from .storage import Storage
 from .store import TokenStore
-
-# Token rows sampled to train a codec that needs training (residual, pq) when its own setting does not say
-SAMPLE = 65536
 
 
 class FileStorage(Storage):

@@ -9,10 +9,12 @@ import numpy as np
 from . import files
 from .store import TokenStore
 
-# Token rows a stage holds as floats before it trains the codec it encodes to (see Staged): its training sample is drawn from
-# them, as large as a commit's sample (filestorage.SAMPLE)
-ROWS = 4 * 65536
+# Token rows sampled to train a codec that needs training (residual, pq): by a stage, or by an engine at commit (filestorage,
+# pgvector) when the write stayed in floats
 SAMPLE = 65536
+
+# Token rows a stage holds as floats before it trains the codec it encodes to (see Staged): its sample is drawn from them
+ROWS = 4 * SAMPLE
 
 
 class Staged:
